@@ -1,0 +1,152 @@
+//! ONNX Runtime, loaded at run time from a libonnxruntime.so the user points at (the
+//! venv's onnxruntime wheel by default): nothing is downloaded, and the same binary
+//! runs on CPU machines and, with an onnxruntime-gpu library, on CUDA.
+
+use std::path::{Path, PathBuf};
+
+use ort::environment::Environment;
+use ort::session::Session;
+
+use crate::error::ServerError;
+
+/// Which execution provider a model should run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// CUDA when it registers, CPU otherwise (the fallback is logged).
+    Auto,
+    /// CUDA or an error.
+    Cuda,
+    Cpu,
+}
+
+/// The provider a session actually runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Cuda,
+    Cpu,
+}
+
+/// Where `libonnxruntime.so` is looked for when no path is given: `ORT_DYLIB_PATH`,
+/// then the project's `.venv` (any Python version's site-packages).
+pub fn default_dylib_path() -> Result<PathBuf, ServerError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        return Ok(PathBuf::from(p));
+    }
+    let venv_lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    let looked_for = format!(
+        "ORT_DYLIB_PATH (unset), {}/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*",
+        venv_lib.display()
+    );
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&venv_lib) {
+        for e in entries.flatten() {
+            let capi = e.path().join("site-packages/onnxruntime/capi");
+            if let Ok(files) = std::fs::read_dir(&capi) {
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("libonnxruntime.so") {
+                        found.push(f.path());
+                    }
+                }
+            }
+        }
+    }
+    // The versioned file (libonnxruntime.so.1.31.1) sorts last; any of them loads.
+    found.sort();
+    found
+        .pop()
+        .ok_or(ServerError::RuntimeMissing { looked_for })
+}
+
+/// A loaded ONNX Runtime. Only one can exist per process: ORT's library is global.
+pub struct Runtime {
+    pub dylib: PathBuf,
+    env: Environment,
+}
+
+impl Runtime {
+    pub fn load(dylib: &Path) -> Result<Self, ServerError> {
+        if !dylib.exists() {
+            return Err(ServerError::RuntimeLoad {
+                path: dylib.to_path_buf(),
+                reason: "file does not exist".into(),
+            });
+        }
+        let err = |reason: String| ServerError::RuntimeLoad {
+            path: dylib.to_path_buf(),
+            reason,
+        };
+        let env = ort::init_from(dylib)
+            .map_err(|e| err(e.to_string()))?
+            .with_name("vcl-serve")
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        tracing::info!(dylib = %dylib.display(), "ONNX Runtime loaded");
+        Ok(Runtime {
+            dylib: dylib.to_path_buf(),
+            env,
+        })
+    }
+
+    /// Opens a model on the requested device; `intra_threads` = 0 lets ORT choose.
+    pub fn session(
+        &self,
+        model: &Path,
+        device: DeviceChoice,
+        intra_threads: usize,
+    ) -> Result<(Session, Provider), ServerError> {
+        let err = |reason: String| ServerError::ModelLoad {
+            path: model.to_path_buf(),
+            reason,
+        };
+        let mut builder = Session::builder(&self.env).map_err(|e| err(e.to_string()))?;
+        if intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(intra_threads)
+                .map_err(|e| err(e.to_string()))?;
+        }
+        let provider = match device {
+            DeviceChoice::Cpu => Provider::Cpu,
+            DeviceChoice::Cuda | DeviceChoice::Auto => {
+                let cuda = ort::ep::CUDA::default().build().error_on_failure();
+                match builder.with_execution_providers([cuda]) {
+                    Ok(b) => {
+                        builder = b;
+                        Provider::Cuda
+                    }
+                    Err(e) if device == DeviceChoice::Cuda => {
+                        return Err(ServerError::CudaUnavailable(e.to_string()))
+                    }
+                    Err(e) => {
+                        tracing::warn!(model = %model.display(), error = %e, "CUDA unavailable, running on CPU");
+                        builder = e.recover();
+                        Provider::Cpu
+                    }
+                }
+            }
+        };
+        let session = builder
+            .commit_from_file(model)
+            .map_err(|e| err(e.to_string()))?;
+        Ok((session, provider))
+    }
+}
+
+/// Runs a session with one float32 input and returns its first output as (shape, data).
+pub fn run_f32(
+    session: &mut Session,
+    shape: &[usize],
+    data: Vec<f32>,
+) -> Result<(Vec<i64>, Vec<f32>), ServerError> {
+    let input = ort::value::Tensor::from_array((shape.to_vec(), data))
+        .map_err(|e| ServerError::BadInput(e.to_string()))?;
+    let outputs = session
+        .run(ort::inputs![input])
+        .map_err(|e| ServerError::Inference(e.to_string()))?;
+    let (out_shape, values) = outputs[0]
+        .try_extract_tensor::<f32>()
+        .map_err(|e| ServerError::Inference(e.to_string()))?;
+    Ok((out_shape.to_vec(), values.to_vec()))
+}

@@ -1,0 +1,61 @@
+//! Helpers shared by the end-to-end tests: the repository's paths, the venv's
+//! Python, and the `vcl` binary built from this workspace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// The project's venv python (set-up makes it); tests that need numpy, sklearn or
+/// onnx run their checks through it.
+pub fn python() -> PathBuf {
+    repo_root().join(".venv/bin/python")
+}
+
+/// Runs `python -c code args...` and returns stdout, panicking with stderr on failure.
+pub fn run_python(code: &str, args: &[&Path]) -> String {
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .output()
+        .expect("the venv's python runs (scripts/setup.sh makes it)");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `vcl` binary of this workspace, built once per test process with the same
+/// profile as the tests.
+pub fn vcl_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "vcl-trainer", "--bin", "vcl"])
+            .current_dir(repo_root())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building vcl failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target"));
+        target.join("debug/vcl")
+    })
+}
+
+/// Runs `vcl args...` and returns its output, whatever its exit status.
+pub fn vcl(args: &[&str]) -> Output {
+    Command::new(vcl_bin())
+        .args(args)
+        .output()
+        .expect("vcl starts")
+}

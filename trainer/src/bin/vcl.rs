@@ -1,0 +1,227 @@
+//! `vcl`: the trainer's command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use vcl_trainer::algonauts::Hemisphere;
+use vcl_trainer::algonauts::{summary, Dataset};
+use vcl_trainer::backbones::Arch;
+use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
+use vcl_trainer::{paths, ridge, synth};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vcl",
+    version,
+    about = "Fine-tune CNNs on visual-cortex fMRI and fit voxel encoders"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Synthesize an in-silico brain in the Algonauts 2023 layout.
+    Synth(SynthArgs),
+    /// Summarize a dataset folder: subjects, images, vertices per ROI, noise ceilings.
+    Inspect(InspectArgs),
+    /// Fit voxel encoders (tap features -> PCA -> ridge) inside the training split.
+    Fit(FitArgs),
+    /// Score a fit's encoders once on the held-out split; write tables and plots.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FitArgs {
+    /// Dataset folder (Algonauts 2023 layout).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory to write (encoders, fit.json).
+    #[arg(long)]
+    out: PathBuf,
+    /// Subjects (comma-separated: 1,2 or subj01,subj02); default: all.
+    #[arg(long, value_delimiter = ',')]
+    subjects: Vec<String>,
+    /// Hemispheres (lh, rh).
+    #[arg(long, value_delimiter = ',', default_value = "lh,rh")]
+    hemispheres: Vec<Hemisphere>,
+    /// ROIs (comma-separated; `+` joins a union); default: every non-empty ROI.
+    #[arg(long, value_delimiter = ',')]
+    rois: Vec<String>,
+    #[arg(long, default_value = "mobilenet_v2")]
+    backbone: Arch,
+    /// Backbone weights (safetensors, torchvision names); default: the installed ImageNet weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Taps to choose from (default: all of the backbone's).
+    #[arg(long, value_delimiter = ',')]
+    taps: Vec<String>,
+    /// Input size in pixels (224 as in the paper; smaller is faster on CPU).
+    #[arg(long, default_value_t = 224)]
+    input_size: u32,
+    #[arg(long, default_value_t = 1000)]
+    pca: usize,
+    /// Ridge alphas (default: logspace(-1, 7, 9)).
+    #[arg(long, value_delimiter = ',')]
+    alphas: Vec<f64>,
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// One alpha per voxel (default) or one per ROI (the paper's).
+    #[arg(long, value_enum, default_value = "voxel")]
+    alpha_mode: AlphaMode,
+    #[arg(long, default_value_t = 0.15)]
+    heldout: f64,
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
+    /// Conv taps with more values per image are average-pooled to a coarser grid.
+    #[arg(long, default_value_t = 16384)]
+    max_feature_dim: usize,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Label of the backbone's training in reports (untuned, cl, regression, ...).
+    #[arg(long, default_value = "untuned")]
+    method: String,
+    /// Also run `evaluate` afterwards.
+    #[arg(long)]
+    evaluate: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct EvaluateArgs {
+    /// Run directory written by `vcl fit`.
+    run: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct SynthArgs {
+    /// Size preset: tiny (seconds, tests), demo (CPU demo), nsd (full NSD scale).
+    #[arg(long, value_enum, default_value = "demo")]
+    preset: synth::Preset,
+    /// Output folder (created; holds subj01, subj02, ...).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Number of simulated subjects (default: the preset's).
+    #[arg(long)]
+    subjects: Option<u32>,
+    /// Folder of real photos to cut stimuli from (default: what set-up installed).
+    #[arg(long, env = "VCL_PHOTOS_DIR")]
+    photos: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct InspectArgs {
+    /// Dataset folder (holds subj01, ...).
+    data_dir: PathBuf,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Synth(a) => run_synth(a),
+        Command::Inspect(a) => run_inspect(a),
+        Command::Fit(a) => run_fit(a),
+        Command::Evaluate(a) => run_evaluate(&a.run),
+    }
+}
+
+fn run_synth(a: SynthArgs) -> Result<()> {
+    let cfg = synth::SynthConfig {
+        preset: a.preset,
+        out: a.out.clone(),
+        seed: a.seed,
+        subjects: a.subjects,
+        photos_dir: a.photos.unwrap_or_else(paths::photos_dir),
+    };
+    let summary = synth::synthesize(&cfg)
+        .with_context(|| format!("synthesizing the in-silico brain into {}", a.out.display()))?;
+    tracing::info!(?summary, "in-silico dataset written");
+    Ok(())
+}
+
+fn run_inspect(a: InspectArgs) -> Result<()> {
+    let ds = Dataset::open(&a.data_dir)?;
+    let s =
+        summary::summarize(&ds).with_context(|| format!("inspecting {}", a.data_dir.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", s.to_markdown());
+    }
+    Ok(())
+}
+
+fn device() -> tch::Device {
+    let d = tch::Device::cuda_if_available();
+    tracing::info!(device = ?d, "libtorch device");
+    d
+}
+
+fn run_fit(a: FitArgs) -> Result<()> {
+    let subjects = if a.subjects.is_empty() {
+        Dataset::open(&a.data)?.subjects
+    } else {
+        a.subjects.clone()
+    };
+    let cfg = FitConfig {
+        data_dir: a.data.clone(),
+        subjects,
+        hemispheres: a.hemispheres.clone(),
+        rois: a.rois.clone(),
+        arch: a.backbone,
+        weights: a
+            .weights
+            .clone()
+            .unwrap_or_else(|| paths::weights_dir().join(a.backbone.weights_file())),
+        taps: a.taps.clone(),
+        input_size: a.input_size,
+        pca_components: a.pca,
+        alphas: if a.alphas.is_empty() {
+            ridge::default_alphas()
+        } else {
+            a.alphas.clone()
+        },
+        folds: a.folds,
+        alpha_mode: a.alpha_mode,
+        heldout_fraction: a.heldout,
+        split_seed: a.split_seed,
+        max_feature_dim: Some(a.max_feature_dim),
+        batch_size: a.batch_size,
+        method: a.method.clone(),
+    };
+    let record = encoding::fit(&cfg, &a.out, &paths::cache_dir(), device())
+        .with_context(|| format!("fitting encoders into {}", a.out.display()))?;
+    println!("| subject | hemi | ROI | voxels | chosen tap | CV R^2 (training split) |");
+    println!("|---|---|---|---:|---|---:|");
+    for s in &record.selections {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.3} |",
+            s.subject, s.hemisphere, s.roi, s.voxels, s.tap, s.cv_score
+        );
+    }
+    if a.evaluate {
+        run_evaluate(&a.out)?;
+    }
+    Ok(())
+}
+
+fn run_evaluate(run: &std::path::Path) -> Result<()> {
+    let eval = encoding::evaluate(run, &paths::cache_dir(), device())
+        .with_context(|| format!("evaluating {}", run.display()))?;
+    print!("{}", encoding::evaluate::markdown_table(&eval));
+    println!("\nreport: {}", run.join("evaluation/results.md").display());
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! `vcl evaluate`: scores a fit's encoders once on the held-out split and writes the
+//! report (JSON, CSV, Markdown, PNG).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::error::{EncodingError, Result};
+use super::fit::{self, index_tensor, to_tensor, FitRecord};
+use super::metrics::{self, RoiScores};
+use super::store::{self, StoredEncoder};
+use crate::algonauts::{split, Dataset, Hemisphere};
+use crate::plots;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoiResult {
+    pub subject: String,
+    pub hemisphere: Hemisphere,
+    pub roi: String,
+    pub method: String,
+    pub tap: String,
+    pub heldout_images: usize,
+    pub scores: RoiScores,
+    /// Per-voxel r on the held-out images, relative to the run directory (.npy, f32).
+    pub voxel_r_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub run: PathBuf,
+    pub method: String,
+    pub results: Vec<RoiResult>,
+}
+
+fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
+    let t = t
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
+    Vec::<f32>::try_from(&t).unwrap_or_default()
+}
+
+/// Scores every encoder of `run` on its subject's held-out images.
+pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluation> {
+    let record: FitRecord = store::read_json(&run.join("fit.json"))?;
+    let cfg = &record.config;
+    let encoders = store::load_encoders(run)?;
+    let ds = Dataset::open(&cfg.data_dir)?;
+    let backbone = fit::load_backbone(cfg, device)?;
+    let hash = backbone.weights_hash();
+
+    let mut by_subject: BTreeMap<String, Vec<&StoredEncoder>> = BTreeMap::new();
+    for e in &encoders {
+        if e.meta.weights_hash != hash {
+            return Err(EncodingError::file(
+                &cfg.weights,
+                format!("these weights (hash {hash}) are not the ones encoder {}/{}/{} was fitted with ({})",
+                    e.meta.subject, e.meta.hemisphere, e.meta.roi, e.meta.weights_hash),
+            ));
+        }
+        by_subject
+            .entry(e.meta.subject.clone())
+            .or_default()
+            .push(e);
+    }
+
+    let mut results = Vec::new();
+    for (subject_name, encs) in by_subject {
+        let subject = ds.subject(&subject_name)?;
+        let sp = split::holdout(
+            subject.train_images.len(),
+            cfg.heldout_fraction,
+            cfg.split_seed,
+        );
+        let n_held = sp.heldout.len();
+        let mut taps: Vec<String> = encs.iter().map(|e| e.meta.tap.clone()).collect();
+        taps.sort();
+        taps.dedup();
+        let feats = fit::subject_features(cfg, &backbone, &subject, &sp.heldout, &taps, cache_dir)?;
+        let mut z_held: BTreeMap<String, Tensor> = BTreeMap::new();
+        for tf in &feats {
+            let enc = encs
+                .iter()
+                .find(|e| e.meta.tap == tf.info.tap)
+                .ok_or_else(|| EncodingError::Invalid("tap".into()))?;
+            let pca = store::load_pca(run, &enc.meta.pca_file)?;
+            let x = to_tensor(&tf.features, device);
+            if x.size()[1] != pca.mean.size()[0] {
+                return Err(EncodingError::file(
+                    &run.join(&enc.meta.pca_file),
+                    format!(
+                        "PCA expects {} features but tap {} gives {}",
+                        pca.mean.size()[0],
+                        tf.info.tap,
+                        x.size()[1]
+                    ),
+                ));
+            }
+            let z = (x - pca.mean.to_device(device)).matmul(&pca.components.to_device(device));
+            z_held.insert(tf.info.tap.clone(), z);
+        }
+        let held_idx = index_tensor(&sp.heldout, Device::Cpu);
+        let mut cache: BTreeMap<Hemisphere, (Tensor, Option<Vec<f32>>, Option<Tensor>)> =
+            BTreeMap::new();
+        for enc in encs {
+            let m = &enc.meta;
+            if !cache.contains_key(&m.hemisphere) {
+                let y =
+                    to_tensor(&subject.fmri(m.hemisphere)?, Device::Cpu).index_select(0, &held_idx);
+                let nc = subject.noise_ceiling(m.hemisphere)?.map(|a| a.to_vec());
+                let truth = subject
+                    .ground_truth_train(m.hemisphere)?
+                    .map(|t| to_tensor(&t, Device::Cpu).index_select(0, &held_idx));
+                cache.insert(m.hemisphere, (y, nc, truth));
+            }
+            let (y, nc, truth) = &cache[&m.hemisphere];
+            let cols = index_tensor(&m.vertices, Device::Cpu);
+            let z = &z_held[&m.tap];
+            let pred = z.matmul(&enc.coef.to_device(device)) + enc.intercept.to_device(device);
+            let pred = tensor_to_vec(&pred);
+            let v = m.vertices.len();
+            let r = metrics::pearson_columns(
+                &pred,
+                &tensor_to_vec(&y.index_select(1, &cols)),
+                n_held,
+                v,
+            );
+            let nc_roi: Option<Vec<f32>> = nc
+                .as_ref()
+                .map(|nc| m.vertices.iter().map(|&i| nc[i]).collect());
+            let r_truth = truth.as_ref().map(|t| {
+                metrics::pearson_columns(
+                    &pred,
+                    &tensor_to_vec(&t.index_select(1, &cols)),
+                    n_held,
+                    v,
+                )
+            });
+            let scores = metrics::summarize(&r, n_held, nc_roi.as_deref(), r_truth.as_deref());
+            let rel = PathBuf::from("evaluation/voxels")
+                .join(&m.subject)
+                .join(m.hemisphere.prefix())
+                .join(format!("{}.npy", store::safe_name(&m.roi)));
+            let path = run.join(&rel);
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).map_err(|e| EncodingError::file(p, e))?;
+            }
+            crate::npy::write(&path, &ndarray::Array1::from(r.clone()))?;
+            results.push(RoiResult {
+                subject: m.subject.clone(),
+                hemisphere: m.hemisphere,
+                roi: m.roi.clone(),
+                method: m.method.clone(),
+                tap: m.tap.clone(),
+                heldout_images: n_held,
+                scores,
+                voxel_r_file: rel,
+            });
+        }
+    }
+    let eval = Evaluation {
+        run: run.to_path_buf(),
+        method: cfg.method.clone(),
+        results,
+    };
+    write_report(run, &eval)?;
+    Ok(eval)
+}
+
+fn opt(v: Option<f32>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The per-ROI table as Markdown.
+pub fn markdown_table(eval: &Evaluation) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| subject | hemi | ROI | voxels | tap | mean r | median r | signif. | Algonauts mean | Algonauts median | mean NC | r with truth |");
+    let _ = writeln!(
+        s,
+        "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in &eval.results {
+        let c = &r.scores;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.0}% | {} | {} | {} | {} |",
+            r.subject,
+            r.hemisphere,
+            r.roi,
+            c.voxels,
+            r.tap,
+            c.mean_r,
+            c.median_r,
+            100.0 * c.frac_significant,
+            opt(c.algonauts_mean, 1),
+            opt(c.algonauts_median, 1),
+            opt(c.mean_noise_ceiling, 2),
+            opt(c.mean_r_truth, 3)
+        );
+    }
+    s
+}
+
+fn write_report(run: &Path, eval: &Evaluation) -> Result<()> {
+    let dir = run.join("evaluation");
+    std::fs::create_dir_all(&dir).map_err(|e| EncodingError::file(&dir, e))?;
+    store::write_json(&dir.join("results.json"), eval)?;
+
+    let mut csv = String::from("subject,hemisphere,roi,method,tap,voxels,heldout_images,mean_r,median_r,frac_significant,algonauts_mean,algonauts_median,mean_noise_ceiling,mean_r_truth\n");
+    for r in &eval.results {
+        let c = &r.scores;
+        let o = |v: Option<f32>| v.map(|x| x.to_string()).unwrap_or_default();
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            r.subject,
+            r.hemisphere,
+            r.roi,
+            r.method,
+            r.tap,
+            c.voxels,
+            r.heldout_images,
+            c.mean_r,
+            c.median_r,
+            c.frac_significant,
+            o(c.algonauts_mean),
+            o(c.algonauts_median),
+            o(c.mean_noise_ceiling),
+            o(c.mean_r_truth)
+        );
+    }
+    std::fs::write(dir.join("results.csv"), csv)
+        .map_err(|e| EncodingError::file(&dir.join("results.csv"), e))?;
+
+    let md = format!(
+        "# Encoding accuracy on the held-out split ({})\n\nPer-voxel Pearson r on held-out images never used for fitting, tap or alpha selection. \
+         signif. = share of voxels with r > 0 at BH-FDR q = 0.05; Algonauts = 100 r^2 / NC.\n\n{}\n\n![mean r per ROI](roi_mean_r.png)\n\n![r against the noise ceiling](r_vs_noise_ceiling.png)\n",
+        eval.method,
+        markdown_table(eval)
+    );
+    std::fs::write(dir.join("results.md"), md)
+        .map_err(|e| EncodingError::file(&dir.join("results.md"), e))?;
+
+    // Bars: ROIs along x, one series per subject x hemisphere.
+    let mut rois: Vec<String> = Vec::new();
+    for r in &eval.results {
+        if !rois.contains(&r.roi) {
+            rois.push(r.roi.clone());
+        }
+    }
+    let mut series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for r in &eval.results {
+        let key = format!("{} {}", r.subject, r.hemisphere);
+        let v = series
+            .entry(key)
+            .or_insert_with(|| vec![f64::NAN; rois.len()]);
+        if let Some(i) = rois.iter().position(|x| x == &r.roi) {
+            v[i] = r.scores.mean_r as f64;
+        }
+    }
+    plots::grouped_bars(
+        &dir.join("roi_mean_r.png"),
+        &format!("Mean held-out r per ROI ({})", eval.method),
+        "mean Pearson r",
+        &rois,
+        &series.into_iter().collect::<Vec<_>>(),
+    )?;
+
+    // Scatter: each voxel's r against sqrt(NC), the highest r its noise allows.
+    let mut groups: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in &eval.results {
+        let Ok(nc) = read_subject_nc(run, r) else {
+            continue;
+        };
+        let Some(nc) = nc else { continue };
+        let voxel_r = crate::npy::read_f32_1d(&run.join(&r.voxel_r_file))?;
+        let family = if ["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4", "early"]
+            .contains(&r.roi.as_str())
+        {
+            "early ROIs"
+        } else {
+            "higher ROIs"
+        };
+        let g = groups.entry(family).or_default();
+        for (x, y) in nc.iter().zip(voxel_r.iter()) {
+            g.push(((*x as f64).max(0.0).sqrt(), *y as f64));
+        }
+    }
+    if !groups.is_empty() {
+        plots::scatter(
+            &dir.join("r_vs_noise_ceiling.png"),
+            "Held-out r against the noise ceiling",
+            ("sqrt(noise ceiling)", "Pearson r"),
+            &groups
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<Vec<_>>(),
+            true,
+        )?;
+    }
+    Ok(())
+}
+
+/// The noise ceiling of one result's vertices, if the dataset has one.
+fn read_subject_nc(run: &Path, r: &RoiResult) -> Result<Option<Vec<f32>>> {
+    let record: FitRecord = store::read_json(&run.join("fit.json"))?;
+    let meta: store::EncoderMeta = store::read_json(
+        &run.join(store::encoder_rel_path(&r.subject, r.hemisphere, &r.roi))
+            .with_extension("json"),
+    )?;
+    let subject = Dataset::open(&record.config.data_dir)?.subject(&r.subject)?;
+    Ok(subject
+        .noise_ceiling(r.hemisphere)?
+        .map(|nc| meta.vertices.iter().map(|&i| nc[i]).collect()))
+}

@@ -1,0 +1,293 @@
+//! A fit's run directory: what `vcl fit` writes and `vcl evaluate` / `vcl export` read.
+//!
+//! ```text
+//! RUN/fit.json                                   FitConfig + tap-selection table
+//! RUN/encoders/<subject>/pca/<tap>.safetensors  mean [D], components [D, k]
+//! RUN/encoders/<subject>/<hemi>/<roi>.safetensors  coef [k, V], intercept [V]
+//! RUN/encoders/<subject>/<hemi>/<roi>.json      EncoderMeta
+//! ```
+//! A PCA belongs to (subject, tap): both hemispheres share the subject's split, so one
+//! PCA serves every ROI encoder of that tap.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::error::{EncodingError, Result};
+use crate::algonauts::Hemisphere;
+use crate::backbones::Arch;
+use crate::features::Pooling;
+
+/// How alphas are chosen: per voxel (himalaya's local alpha) or one per ROI (the paper's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AlphaMode {
+    Voxel,
+    Roi,
+}
+
+/// Everything that determines a fit; written to `fit.json` so evaluation and export
+/// redo exactly the same feature extraction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FitConfig {
+    pub data_dir: PathBuf,
+    pub subjects: Vec<String>,
+    pub hemispheres: Vec<Hemisphere>,
+    /// ROI names (see `algonauts::rois`); empty = every non-empty ROI of every family.
+    pub rois: Vec<String>,
+    pub arch: Arch,
+    /// Backbone weights (safetensors, torchvision names): pretrained or fine-tuned.
+    pub weights: PathBuf,
+    /// Taps to choose from; empty = all of the backbone's.
+    pub taps: Vec<String>,
+    pub input_size: u32,
+    pub pca_components: usize,
+    pub alphas: Vec<f64>,
+    pub folds: usize,
+    pub alpha_mode: AlphaMode,
+    pub heldout_fraction: f64,
+    pub split_seed: u64,
+    /// Conv taps larger than this are average-pooled to a coarser grid first.
+    pub max_feature_dim: Option<usize>,
+    pub batch_size: usize,
+    /// A label for reports: "untuned", "cl", "regression", ...
+    pub method: String,
+}
+
+/// One ROI encoder's description.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncoderMeta {
+    pub subject: String,
+    pub hemisphere: Hemisphere,
+    pub roi: String,
+    /// Challenge-space vertex indices of the ROI, the columns the encoder predicts.
+    pub vertices: Vec<usize>,
+    /// fsaverage indices of those vertices, where the dataset maps them.
+    pub fsaverage: Option<Vec<usize>>,
+    pub arch: Arch,
+    pub weights: PathBuf,
+    pub weights_hash: String,
+    pub tap: String,
+    pub pooling: Pooling,
+    pub feature_dim: usize,
+    pub input_size: u32,
+    /// Relative to the run directory.
+    pub pca_file: PathBuf,
+    pub pca_components: usize,
+    pub alpha_mode: AlphaMode,
+    /// The alpha of each voxel.
+    pub alphas: Vec<f64>,
+    /// Mean CV score (R^2) inside the training split of each tap tried, and of the chosen.
+    pub tap_cv_scores: Vec<(String, f32)>,
+    pub cv_score: f32,
+    pub split_seed: u64,
+    pub heldout_fraction: f64,
+    pub n_train_images: usize,
+    pub method: String,
+}
+
+/// A stored PCA.
+pub struct StoredPca {
+    /// [D]
+    pub mean: Tensor,
+    /// [D, k]
+    pub components: Tensor,
+}
+
+pub fn safe_name(roi: &str) -> String {
+    roi.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '+' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub fn pca_rel_path(subject: &str, tap: &str) -> PathBuf {
+    PathBuf::from("encoders")
+        .join(subject)
+        .join("pca")
+        .join(format!("{}.safetensors", safe_name(tap)))
+}
+
+pub fn encoder_rel_path(subject: &str, h: Hemisphere, roi: &str) -> PathBuf {
+    PathBuf::from("encoders")
+        .join(subject)
+        .join(h.prefix())
+        .join(safe_name(roi))
+}
+
+fn ensure_parent(path: &Path) -> Result<()> {
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p).map_err(|e| EncodingError::file(p, e))?;
+    }
+    Ok(())
+}
+
+/// Writes tensors atomically (tmp + rename) so a killed run never leaves a half file.
+pub fn write_tensors(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    ensure_parent(path)?;
+    let tmp = path.with_extension("safetensors.partial");
+    let cpu: Vec<(&str, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            (
+                *n,
+                t.to_device(Device::Cpu)
+                    .to_kind(tch::Kind::Float)
+                    .contiguous(),
+            )
+        })
+        .collect();
+    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| EncodingError::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EncodingError::file(path, e))
+}
+
+pub fn read_tensors(path: &Path, names: &[&str]) -> Result<Vec<Tensor>> {
+    if !path.exists() {
+        return Err(EncodingError::file(path, "does not exist"));
+    }
+    let all = Tensor::read_safetensors(path).map_err(|e| EncodingError::file(path, e))?;
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, t)| t.shallow_clone())
+                .ok_or_else(|| EncodingError::file(path, format!("tensor '{n}' is missing")))
+        })
+        .collect()
+}
+
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    ensure_parent(path)?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| EncodingError::file(path, e))?;
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, text).map_err(|e| EncodingError::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| EncodingError::file(path, e))
+}
+
+pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| EncodingError::file(path, e))?;
+    serde_json::from_str(&text).map_err(|e| EncodingError::file(path, format!("invalid JSON: {e}")))
+}
+
+pub fn save_pca(
+    run: &Path,
+    subject: &str,
+    tap: &str,
+    mean: &Tensor,
+    components: &Tensor,
+) -> Result<PathBuf> {
+    let rel = pca_rel_path(subject, tap);
+    write_tensors(
+        &run.join(&rel),
+        &[("mean", mean), ("components", components)],
+    )?;
+    Ok(rel)
+}
+
+pub fn load_pca(run: &Path, rel: &Path) -> Result<StoredPca> {
+    let mut t = read_tensors(&run.join(rel), &["mean", "components"])?;
+    let components = t
+        .pop()
+        .ok_or_else(|| EncodingError::Invalid("pca components".into()))?;
+    let mean = t
+        .pop()
+        .ok_or_else(|| EncodingError::Invalid("pca mean".into()))?;
+    Ok(StoredPca { mean, components })
+}
+
+/// A stored ROI encoder: its description and its ridge weights.
+pub struct StoredEncoder {
+    pub meta: EncoderMeta,
+    /// [k, V]
+    pub coef: Tensor,
+    /// [V]
+    pub intercept: Tensor,
+}
+
+pub fn save_encoder(
+    run: &Path,
+    meta: &EncoderMeta,
+    coef: &Tensor,
+    intercept: &Tensor,
+) -> Result<()> {
+    let base = run.join(encoder_rel_path(&meta.subject, meta.hemisphere, &meta.roi));
+    write_tensors(
+        &base.with_extension("safetensors"),
+        &[("coef", coef), ("intercept", intercept)],
+    )?;
+    write_json(&base.with_extension("json"), meta)
+}
+
+/// Every encoder of a run directory, in a stable order (subject, hemisphere, ROI file).
+pub fn load_encoders(run: &Path) -> Result<Vec<StoredEncoder>> {
+    let root = run.join("encoders");
+    if !root.is_dir() {
+        return Err(EncodingError::file(
+            &root,
+            "no encoders here: is this a `vcl fit` run directory?",
+        ));
+    }
+    let mut metas = Vec::new();
+    for subject in sorted_dirs(&root)? {
+        for h in Hemisphere::BOTH {
+            let dir = subject.join(h.prefix());
+            if !dir.is_dir() {
+                continue;
+            }
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| EncodingError::file(&dir, e))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect();
+            files.sort();
+            metas.extend(files);
+        }
+    }
+    let mut out = Vec::with_capacity(metas.len());
+    for path in metas {
+        let meta: EncoderMeta = read_json(&path)?;
+        let mut t = read_tensors(&path.with_extension("safetensors"), &["coef", "intercept"])?;
+        let intercept = t
+            .pop()
+            .ok_or_else(|| EncodingError::Invalid("intercept".into()))?;
+        let coef = t
+            .pop()
+            .ok_or_else(|| EncodingError::Invalid("coef".into()))?;
+        if coef.size() != [meta.pca_components as i64, meta.vertices.len() as i64] {
+            return Err(EncodingError::file(
+                &path,
+                format!(
+                    "coef has shape {:?}, expected [{}, {}]",
+                    coef.size(),
+                    meta.pca_components,
+                    meta.vertices.len()
+                ),
+            ));
+        }
+        out.push(StoredEncoder {
+            meta,
+            coef,
+            intercept,
+        });
+    }
+    Ok(out)
+}
+
+fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| EncodingError::file(dir, e))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    Ok(v)
+}

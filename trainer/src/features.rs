@@ -1,0 +1,503 @@
+//! Tap features of a backbone over a set of images: what PCA and ridge consume.
+//!
+//! One forward pass per batch serves every requested tap; the network runs in eval
+//! mode without autograd, on the backbone's device (build it on
+//! `Device::cuda_if_available()` to use a GPU). Each image's tap output is flattened
+//! to one float32 row, so a tap yields an [N, D] matrix in the order of `rows`.
+//!
+//! Early conv taps are huge (AlexNet features.2 at 224 px is 64x27x27 = 46656 dims);
+//! `max_dim` average-pools such maps to the largest square grid g x g with
+//! C*g*g <= max_dim, and the result records that it did.
+//!
+//! Results are cached on disk, one .npy (plus a .json describing it) per tap, keyed by
+//! the backbone's weights hash, the tap, the pooling knob, the pixel cache (which
+//! names the dataset, image list and input size) and the rows.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::Array2;
+use ndarray_npy::ReadNpyExt;
+use sha2::{Digest, Sha256};
+use tch::{Kind, Tensor};
+
+use crate::backbones::{Backbone, BackboneError};
+use crate::images::PixelCache;
+
+/// Bump when what a cached feature file means changes (pooling rule, layout).
+const FEATURES_VERSION: &str = "features-v1";
+
+/// How to extract.
+#[derive(Clone, Debug)]
+pub struct ExtractOptions {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Cap on a conv tap's dimension per image (None: keep full maps).
+    pub max_dim: Option<usize>,
+    /// Where cached features live (None: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for ExtractOptions {
+    fn default() -> Self {
+        ExtractOptions {
+            batch_size: 64,
+            max_dim: None,
+            cache_dir: None,
+        }
+    }
+}
+
+/// What was done to a tap's output before flattening.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Pooling {
+    /// Flattened as is.
+    None,
+    /// `adaptive_avg_pool2d(map, (grid, grid))`, then flattened.
+    AdaptiveAvg { grid: i64 },
+}
+
+/// The pooling `max_dim` calls for on a tap whose per-image output has `map_shape`
+/// ([C, H, W] for conv taps, [D] for vector taps, which are never pooled).
+pub fn pooling_for(map_shape: &[i64], max_dim: Option<usize>) -> Pooling {
+    let (Some(max_dim), [c, h, w]) = (max_dim, map_shape) else {
+        return Pooling::None;
+    };
+    let (c, h, w) = (*c, *h, *w);
+    if c * h * w <= max_dim as i64 {
+        return Pooling::None;
+    }
+    // Largest g with c*g*g <= max_dim; at least 1 (a single pooled vector per channel,
+    // even when C alone exceeds the cap), at most the map's own size.
+    let mut g = ((max_dim as f64 / c as f64).sqrt().floor() as i64).max(1);
+    while g > 1 && c * g * g > max_dim as i64 {
+        g -= 1;
+    }
+    while c * (g + 1) * (g + 1) <= max_dim as i64 {
+        g += 1;
+    }
+    Pooling::AdaptiveAvg {
+        grid: g.min(h.min(w)),
+    }
+}
+
+/// Describes one tap's feature matrix.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TapInfo {
+    pub tap: String,
+    /// Per-image output shape before pooling ([C, H, W] or [D]).
+    pub map_shape: Vec<i64>,
+    pub pooling: Pooling,
+    /// Columns of the feature matrix.
+    pub dim: usize,
+    /// Rows of the feature matrix (images).
+    pub images: usize,
+    pub weights_hash: String,
+    /// The pixel cache the images came from.
+    pub pixels: PathBuf,
+}
+
+/// One tap's features, float32 [N, D], row i for `rows[i]`.
+#[derive(Clone, Debug)]
+pub struct TapFeatures {
+    pub info: TapInfo,
+    pub features: Array2<f32>,
+    /// Read from the cache rather than computed.
+    pub from_cache: bool,
+    /// The cache file, if a cache directory was given.
+    pub cache_path: Option<PathBuf>,
+}
+
+/// All requested taps, in the order asked.
+#[derive(Clone, Debug)]
+pub struct Extraction {
+    pub taps: Vec<TapFeatures>,
+    /// Images pushed through the network: 0 when every tap came from the cache.
+    pub images_run: usize,
+}
+
+impl Extraction {
+    pub fn get(&self, tap: &str) -> Option<&TapFeatures> {
+        self.taps.iter().find(|t| t.info.tap == tap)
+    }
+}
+
+/// Features of `taps` for images `rows` of `pixels`, float32 [rows.len(), D] each.
+pub fn extract(
+    backbone: &Backbone,
+    pixels: &PixelCache,
+    rows: &[usize],
+    taps: &[&str],
+    opts: &ExtractOptions,
+) -> Result<Extraction, BackboneError> {
+    let mut unique: Vec<&str> = Vec::new();
+    for &t in taps {
+        backbone.tap_index(t)?;
+        if !unique.contains(&t) {
+            unique.push(t);
+        }
+    }
+    if let Some(&bad) = rows.iter().find(|&&r| r >= pixels.len()) {
+        return Err(BackboneError::Invalid(format!(
+            "row {bad} is out of range: {} holds {} images",
+            pixels.path.display(),
+            pixels.len()
+        )));
+    }
+    if rows.is_empty() || unique.is_empty() {
+        return Err(BackboneError::Invalid(
+            "feature extraction needs at least one row and one tap".into(),
+        ));
+    }
+    let batch_size = opts.batch_size.max(1);
+    let weights_hash = backbone.weights_hash();
+    let key = CacheKey {
+        weights_hash: &weights_hash,
+        pixels,
+        rows,
+        max_dim: opts.max_dim,
+    };
+
+    let mut done: Vec<Option<TapFeatures>> = Vec::with_capacity(unique.len());
+    for &tap in &unique {
+        let cached = opts
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| read_cached(&key.path(dir, backbone, tap), rows.len()));
+        done.push(cached);
+    }
+    let todo: Vec<&str> = unique
+        .iter()
+        .zip(&done)
+        .filter(|(_, d)| d.is_none())
+        .map(|(t, _)| *t)
+        .collect();
+
+    let mut images_run = 0;
+    if !todo.is_empty() {
+        let computed = run(backbone, pixels, rows, &todo, batch_size, opts.max_dim)?;
+        images_run = rows.len();
+        for (tap, (map_shape, pooling, features)) in todo.iter().zip(computed) {
+            let info = TapInfo {
+                tap: tap.to_string(),
+                map_shape,
+                pooling,
+                dim: features.ncols(),
+                images: features.nrows(),
+                weights_hash: weights_hash.clone(),
+                pixels: pixels.path.clone(),
+            };
+            let cache_path = match opts.cache_dir.as_deref() {
+                Some(dir) => {
+                    let path = key.path(dir, backbone, tap);
+                    write_cached(&path, &info, &features)?;
+                    Some(path)
+                }
+                None => None,
+            };
+            let slot = unique.iter().position(|u| u == tap);
+            if let Some(slot) = slot {
+                done[slot] = Some(TapFeatures {
+                    info,
+                    features,
+                    from_cache: false,
+                    cache_path,
+                });
+            }
+        }
+    }
+    let taps = done.into_iter().flatten().collect();
+    Ok(Extraction { taps, images_run })
+}
+
+/// (per-image map shape, pooling, features) for each tap of `taps`.
+type Computed = (Vec<i64>, Pooling, Array2<f32>);
+
+fn run(
+    backbone: &Backbone,
+    pixels: &PixelCache,
+    rows: &[usize],
+    taps: &[&str],
+    batch_size: usize,
+    max_dim: Option<usize>,
+) -> Result<Vec<Computed>, BackboneError> {
+    let device = backbone.device();
+    let n = rows.len();
+    tracing::info!(
+        arch = %backbone.arch(),
+        taps = ?taps,
+        images = n,
+        ?device,
+        "extracting features"
+    );
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} {pos}/{len} images {wide_bar} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(format!("{} features", backbone.arch()));
+    let start = Instant::now();
+
+    let mut shapes: Vec<Option<(Vec<i64>, Pooling)>> = vec![None; taps.len()];
+    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); taps.len()];
+    for chunk in rows.chunks(batch_size) {
+        let x = pixels.batch(chunk, device);
+        let outs = tch::no_grad(|| backbone.taps(&x, taps, false))?;
+        for (i, out) in outs.into_iter().enumerate() {
+            let (_, pooling) = shapes[i].get_or_insert_with(|| {
+                let map_shape = out.size()[1..].to_vec();
+                let pooling = pooling_for(&map_shape, max_dim);
+                (map_shape, pooling)
+            });
+            let flat = flatten(&out, *pooling)?;
+            let numel = flat.numel();
+            if bufs[i].capacity() == 0 {
+                bufs[i].reserve_exact(numel / chunk.len() * n);
+            }
+            let old = bufs[i].len();
+            bufs[i].resize(old + numel, 0.0);
+            flat.f_copy_data(&mut bufs[i][old..], numel)
+                .map_err(|e| BackboneError::Invalid(format!("copying {}: {e}", taps[i])))?;
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    tracing::info!(
+        images = n,
+        seconds = secs,
+        images_per_s = n as f64 / secs.max(1e-9),
+        "features extracted"
+    );
+
+    taps.iter()
+        .zip(shapes.into_iter().zip(bufs))
+        .map(|(tap, (shape, buf))| {
+            let (map_shape, pooling) = shape
+                .ok_or_else(|| BackboneError::Invalid(format!("tap {tap} produced nothing")))?;
+            let dim = buf.len() / n;
+            let features = Array2::from_shape_vec((n, dim), buf)
+                .map_err(|e| BackboneError::Invalid(format!("features of {tap}: {e}")))?;
+            if let Pooling::AdaptiveAvg { grid } = pooling {
+                tracing::info!(tap, ?map_shape, grid, dim, "pooled conv tap to fit max_dim");
+            }
+            Ok((map_shape, pooling, features))
+        })
+        .collect()
+}
+
+/// [B, ...] -> contiguous float32 [B, D] on the CPU.
+fn flatten(out: &Tensor, pooling: Pooling) -> Result<Tensor, BackboneError> {
+    let pooled = match pooling {
+        Pooling::None => out.shallow_clone(),
+        Pooling::AdaptiveAvg { grid } => out.adaptive_avg_pool2d([grid, grid]),
+    };
+    pooled
+        .flatten(1, -1)
+        .f_to_kind(Kind::Float)
+        .and_then(|t| t.f_to_device(tch::Device::Cpu))
+        .and_then(|t| t.f_contiguous())
+        .map_err(|e| BackboneError::Invalid(format!("moving features to the CPU: {e}")))
+}
+
+/// What a cached feature file depends on, besides the tap.
+struct CacheKey<'a> {
+    weights_hash: &'a str,
+    pixels: &'a PixelCache,
+    rows: &'a [usize],
+    max_dim: Option<usize>,
+}
+
+impl CacheKey<'_> {
+    fn path(&self, dir: &Path, backbone: &Backbone, tap: &str) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(FEATURES_VERSION.as_bytes());
+        h.update(self.weights_hash.as_bytes());
+        h.update(backbone.arch().name().as_bytes());
+        h.update([0u8]);
+        h.update(tap.as_bytes());
+        h.update([0u8]);
+        h.update(format!("{:?}", self.max_dim).as_bytes());
+        h.update(self.pixels.path.to_string_lossy().as_bytes());
+        h.update([0u8]);
+        h.update(self.pixels.size.to_le_bytes());
+        h.update((self.pixels.len() as u64).to_le_bytes());
+        for &r in self.rows {
+            h.update((r as u64).to_le_bytes());
+        }
+        let key = &hex::encode(h.finalize())[..20];
+        dir.join(format!("{}-{tap}-{key}.npy", backbone.arch().name()))
+    }
+}
+
+fn sidecar(npy: &Path) -> PathBuf {
+    npy.with_extension("json")
+}
+
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// A cache entry, if both files are there and agree with each other; anything else
+/// (a run killed between the two writes, a foreign file) means recompute.
+fn read_cached(path: &Path, n: usize) -> Option<TapFeatures> {
+    let info: TapInfo = std::fs::read(sidecar(path))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())?;
+    let file = std::fs::File::open(path).ok()?;
+    match Array2::<f32>::read_npy(std::io::BufReader::new(file)) {
+        Ok(features) if features.dim() == (n, info.dim) => {
+            tracing::debug!(path = %path.display(), tap = %info.tap, "feature cache hit");
+            Some(TapFeatures {
+                info,
+                features,
+                from_cache: true,
+                cache_path: Some(path.to_path_buf()),
+            })
+        }
+        _ => {
+            tracing::warn!(path = %path.display(), "ignoring unreadable feature cache");
+            None
+        }
+    }
+}
+
+/// The .npy first, then its description: a reader only trusts the pair, and each
+/// file appears whole (rename), so a killed run leaves no half-file that looks valid.
+fn write_cached(path: &Path, info: &TapInfo, features: &Array2<f32>) -> Result<(), BackboneError> {
+    let cache_err = |reason: String| BackboneError::FeatureCache {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| cache_err(e.to_string()))?;
+    }
+    let tmp = partial(path);
+    crate::npy::write(&tmp, features)?;
+    std::fs::rename(&tmp, path).map_err(|e| cache_err(e.to_string()))?;
+    let json = sidecar(path);
+    let tmp = partial(&json);
+    let body = serde_json::to_vec_pretty(info).map_err(|e| cache_err(e.to_string()))?;
+    std::fs::write(&tmp, body).map_err(|e| cache_err(e.to_string()))?;
+    std::fs::rename(&tmp, &json).map_err(|e| cache_err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbones::Arch;
+    use ndarray::Array4;
+    use tch::Device;
+
+    fn pixels(dir: &Path, n: usize, size: u32) -> PixelCache {
+        let s = size as usize;
+        let px = Array4::from_shape_fn((n, 3, s, s), |(i, c, y, x)| {
+            ((i * 37 + c * 61 + y * 7 + x * 3) % 256) as u8
+        });
+        PixelCache {
+            size,
+            pixels: px,
+            path: dir.join(format!("pixels-test-{n}-{size}.npy")),
+        }
+    }
+
+    #[test]
+    fn pooling_caps_dimensions() {
+        assert_eq!(pooling_for(&[64, 27, 27], None), Pooling::None);
+        assert_eq!(pooling_for(&[4096], Some(10)), Pooling::None);
+        assert_eq!(pooling_for(&[64, 27, 27], Some(100_000)), Pooling::None);
+        // 64*12*12 = 9216 <= 10000 < 64*13*13 = 10816
+        assert_eq!(
+            pooling_for(&[64, 27, 27], Some(10_000)),
+            Pooling::AdaptiveAvg { grid: 12 }
+        );
+        assert_eq!(
+            pooling_for(&[2048, 7, 7], Some(1000)),
+            Pooling::AdaptiveAvg { grid: 1 }
+        );
+    }
+
+    #[test]
+    fn second_extraction_hits_the_cache_and_pooling_caps_dims() {
+        let dir = tempfile::tempdir().unwrap();
+        let px = pixels(dir.path(), 5, 128);
+        let backbone = Backbone::random(Arch::AlexNet, Device::Cpu, 7);
+        let rows = [4, 0, 2];
+        let opts = ExtractOptions {
+            batch_size: 2,
+            max_dim: Some(5000),
+            cache_dir: Some(dir.path().join("features")),
+        };
+        let taps = ["features.2", "features.12", "classifier.6"];
+        let first = extract(&backbone, &px, &rows, &taps, &opts).unwrap();
+        assert_eq!(first.images_run, 3);
+        assert!(first.taps.iter().all(|t| !t.from_cache));
+
+        // features.2 at 128 px is 64x15x15 = 14400 > 5000: pooled to 8x8 (4096).
+        let f2 = first.get("features.2").unwrap();
+        assert_eq!(f2.info.map_shape, vec![64, 15, 15]);
+        assert_eq!(f2.info.pooling, Pooling::AdaptiveAvg { grid: 8 });
+        assert_eq!(f2.features.dim(), (3, 64 * 8 * 8));
+        // features.12 is 256x3x3 = 2304 <= 5000: untouched.
+        let f12 = first.get("features.12").unwrap();
+        assert_eq!(f12.info.pooling, Pooling::None);
+        assert_eq!(f12.features.dim(), (3, 2304));
+        assert_eq!(first.get("classifier.6").unwrap().features.dim(), (3, 1000));
+
+        // Row order is honoured: batch results equal a direct forward pass.
+        let x = px.batch(&rows, Device::Cpu);
+        let logits = tch::no_grad(|| backbone.logits(&x, false));
+        let direct: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
+        let ours = first
+            .get("classifier.6")
+            .unwrap()
+            .features
+            .as_slice()
+            .unwrap()
+            .to_vec();
+        let max_diff = direct
+            .iter()
+            .zip(&ours)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_diff < 1e-4, "{max_diff}");
+
+        let second = extract(&backbone, &px, &rows, &taps, &opts).unwrap();
+        assert_eq!(
+            second.images_run, 0,
+            "the network must not run on a cache hit"
+        );
+        for (a, b) in first.taps.iter().zip(&second.taps) {
+            assert!(b.from_cache);
+            assert_eq!(a.info, b.info);
+            assert_eq!(a.features, b.features);
+        }
+
+        // Other rows, or other pooling, are other cache entries.
+        let other = extract(&backbone, &px, &[1, 3], &taps[..1], &opts).unwrap();
+        assert_eq!(other.images_run, 2);
+        let unpooled = ExtractOptions {
+            max_dim: None,
+            ..opts.clone()
+        };
+        let full = extract(&backbone, &px, &rows, &taps[..1], &unpooled).unwrap();
+        assert_eq!(full.images_run, 3);
+        assert_eq!(full.taps[0].features.ncols(), 14400);
+    }
+
+    #[test]
+    fn bad_rows_and_taps_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let px = pixels(dir.path(), 2, 128);
+        let backbone = Backbone::random(Arch::MobileNetV2, Device::Cpu, 1);
+        let opts = ExtractOptions::default();
+        let e = extract(&backbone, &px, &[2], &["avgpool"], &opts).unwrap_err();
+        assert!(e.to_string().contains("row 2"), "{e}");
+        let e = extract(&backbone, &px, &[0], &["fc"], &opts).unwrap_err();
+        assert!(e.to_string().contains("features.18"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! vcl's trainer: reads Algonauts 2023 / NSD data (or synthesizes an in-silico brain in
+//! the same layout), and turns it into voxel encoders.
+//!
+//! Data flows one way: `algonauts` (dataset) -> `images` (pixels) -> features ->
+//! model -> export.
+
+pub mod algonauts;
+pub mod backbones;
+pub mod encoding;
+pub mod error;
+pub mod features;
+pub mod images;
+pub mod npy;
+pub mod paths;
+pub mod plots;
+pub mod ridge;
+pub mod synth;
+
+pub use error::DataError;

@@ -1,0 +1,235 @@
+//! PNG figures for reports: grouped bars, scatter plots.
+//!
+//! The font is embedded (DejaVu Sans, see assets/fonts/DejaVu-LICENSE.txt) so that
+//! plots render the same on a bare server as on a laptop.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw {path}: {reason}")]
+pub struct PlotError {
+    pub path: String,
+    pub reason: String,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
+    PlotError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_err() {
+            tracing::warn!("embedded font rejected: plot text will be missing");
+        }
+    });
+}
+
+/// A categorical palette that stays distinguishable in print.
+pub fn color(i: usize) -> RGBColor {
+    const P: [RGBColor; 8] = [
+        RGBColor(31, 119, 180),
+        RGBColor(255, 127, 14),
+        RGBColor(44, 160, 44),
+        RGBColor(214, 39, 40),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+    ];
+    P[i % P.len()]
+}
+
+/// Grouped bars: one group per category (e.g. ROI), one bar per series (e.g. method).
+pub fn grouped_bars(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+) -> Result<(), PlotError> {
+    register_font();
+    let width = (160 + 70 * categories.len().max(1) as u32).max(640);
+    let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let finite = series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let pad = ((hi - lo) * 0.1).max(1e-3);
+    let n_series = series.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(60)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            0f64..categories.len().max(1) as f64,
+            (lo - if lo < 0.0 { pad } else { 0.0 })..(hi + pad),
+        )
+        .map_err(|e| err(path, e))?;
+    let cats = categories.to_vec();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(categories.len().max(1) * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 0.26 && i < cats.len() {
+                cats[i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_label)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    let bar_w = 0.8 / n_series as f64;
+    for (s, (name, values)) in series.iter().enumerate() {
+        let c = color(s);
+        chart
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.is_finite())
+                    .map(|(i, &v)| {
+                        let x0 = i as f64 + 0.1 + s as f64 * bar_w;
+                        Rectangle::new([(x0, 0.0), (x0 + bar_w * 0.92, v)], c.filled())
+                    }),
+            )
+            .map_err(|e| err(path, e))?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Scatter plot of (x, y) points in named groups, with an optional y = x line.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    labels: (&str, &str),
+    groups: &[(String, Vec<(f64, f64)>)],
+    identity_line: bool,
+) -> Result<(), PlotError> {
+    register_font();
+    let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let pts = groups
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    let (px, py) = (((x1 - x0) * 0.05).max(1e-3), ((y1 - y0) * 0.05).max(1e-3));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(60)
+        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(labels.0)
+        .y_desc(labels.1)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    if identity_line {
+        let (a, b) = (x0.max(y0), x1.min(y1));
+        if a < b {
+            chart
+                .draw_series(LineSeries::new([(a, a), (b, b)], BLACK.mix(0.5)))
+                .map_err(|e| err(path, e))?;
+        }
+    }
+    for (g, (name, points)) in groups.iter().enumerate() {
+        let c = color(g);
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .map(|&(x, y)| Circle::new((x, y), 2, c.mix(0.6).filled())),
+            )
+            .map_err(|e| err(path, e))?
+            .label(name.clone())
+            .legend(move |(x, y)| Circle::new((x + 6, y), 4, c.filled()));
+    }
+    if groups.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| err(path, e))?;
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_pngs_with_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let bars = dir.path().join("bars.png");
+        grouped_bars(
+            &bars,
+            "mean r per ROI",
+            "Pearson r",
+            &["V1v".into(), "V1d".into()],
+            &[
+                ("lh".into(), vec![0.4, 0.3]),
+                ("rh".into(), vec![0.35, -0.1]),
+            ],
+        )
+        .unwrap();
+        let sc = dir.path().join("scatter.png");
+        scatter(
+            &sc,
+            "r vs NC",
+            ("NC", "r"),
+            &[("V1".into(), vec![(0.1, 0.2), (0.5, 0.4)])],
+            true,
+        )
+        .unwrap();
+        for p in [bars, sc] {
+            let img = image::open(&p).unwrap().to_rgb8();
+            // Some pixels are neither white nor the bar colours: text and axes drew.
+            let dark = img
+                .pixels()
+                .filter(|px| px.0.iter().all(|&c| c < 60))
+                .count();
+            assert!(dark > 200, "{}: only {dark} dark pixels", p.display());
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! PCA of flattened tap features, fitted on training rows only.
+//!
+//! Exact, in f64, by one of three routes with the same result: the SVD of the centered
+//! rows (small problems), the eigendecomposition of the n x n Gram matrix of the rows
+//! (d >> n: a tap flattened to 50k-100k features), or of the d x d covariance (n >> d).
+//! f64 because the Gram routes square the singular values: in f32 components beyond
+//! about 1e-3 of the first singular value would be noise. The signs follow sklearn's
+//! `svd_flip(u_based_decision=False)`: each component's largest-magnitude entry is
+//! positive.
+
+use tch::{Device, Kind, Tensor};
+
+use super::{check_finite, matrix_dims, torch_err, work_kind, Result, RidgeError};
+
+/// METHOD.md's number of components.
+pub const DEFAULT_COMPONENTS: usize = 1000;
+
+/// Elements of an f64 block moved to the device at once (256 MB): bounds the memory
+/// of the Gram products and of `transform` whatever n and d are.
+const BLOCK_ELEMS: i64 = 1 << 25;
+
+/// Below this many elements (n d) the plain SVD is cheap enough.
+const SMALL_ELEMS: i64 = 1 << 24;
+
+/// How [`fit_pca_with`] decomposes the centered rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PcaSolver {
+    /// SVD when n d is small, else the smaller of the two Gram matrices.
+    #[default]
+    Auto,
+    /// Thin SVD of the centered [n, d] rows (f64 copy of x on the device).
+    Svd,
+    /// eigh of the [n, n] Gram matrix X X^T, built over column blocks.
+    RowGram,
+    /// eigh of the [d, d] covariance X^T X, built over row blocks.
+    FeatureGram,
+}
+
+/// A fitted PCA.
+#[derive(Debug)]
+pub struct Pca {
+    /// [d] training-row means (work kind)
+    pub mean: Tensor,
+    /// [d, k] orthonormal components, strongest first (work kind)
+    pub components: Tensor,
+    /// [k] variance along each component, S^2 / (n - 1) (f64)
+    pub explained_variance: Tensor,
+}
+
+impl Pca {
+    pub fn n_components(&self) -> usize {
+        self.components.size().get(1).copied().unwrap_or(0) as usize
+    }
+
+    /// Projections [n, k] of `x` [n, d] onto the components, on the components'
+    /// device. Rows go to the device in blocks, so a large host `x` is never copied
+    /// whole.
+    pub fn transform(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, d) = matrix_dims(x, "x")?;
+        let expected = self.mean.size()[0] as usize;
+        if d != expected {
+            return Err(RidgeError::FeatureMismatch { expected, found: d });
+        }
+        let kind = self.components.kind();
+        let device = self.components.device();
+        let rows = (BLOCK_ELEMS / d as i64).max(1);
+        let parts: Vec<Tensor> = (0..n as i64)
+            .step_by(rows as usize)
+            .map(|s| {
+                let len = rows.min(n as i64 - s);
+                let xb = x.narrow(0, s, len).to_device(device).to_kind(kind);
+                (xb - &self.mean).matmul(&self.components)
+            })
+            .collect();
+        Ok(Tensor::cat(&parts, 0))
+    }
+}
+
+/// PCA of `x` [n, d] keeping min(k, n - 1, d) components, computed on `device`.
+pub fn fit_pca(x: &Tensor, k: usize, device: Device) -> Result<Pca> {
+    fit_pca_with(x, k, PcaSolver::Auto, device)
+}
+
+/// [`fit_pca`] with the decomposition chosen by the caller (tests pin each route).
+pub fn fit_pca_with(x: &Tensor, k: usize, solver: PcaSolver, device: Device) -> Result<Pca> {
+    let (n, d) = matrix_dims(x, "x")?;
+    if n < 2 || k == 0 {
+        return Err(RidgeError::BadPca { rows: n, k });
+    }
+    check_finite(x, "x")?;
+    let k = k.min(n - 1).min(d) as i64;
+    let kind = work_kind(x);
+    let mean = column_mean(x, device);
+    let solver = match solver {
+        PcaSolver::Auto if (n as i64) * (d as i64) <= SMALL_ELEMS => PcaSolver::Svd,
+        PcaSolver::Auto if d > n => PcaSolver::RowGram,
+        PcaSolver::Auto => PcaSolver::FeatureGram,
+        s => s,
+    };
+    let (components, lambda) = match solver {
+        PcaSolver::RowGram => row_gram(x, &mean, k, kind)?,
+        PcaSolver::FeatureGram => {
+            let (lambda, v) = top_eigh(&feature_gram(x, &mean), k)?;
+            (flip_signs(&v).to_kind(kind), lambda)
+        }
+        _ => {
+            let xc = x.to_device(device).to_kind(Kind::Double) - &mean;
+            let (_, s, v) = xc.f_svd(true, true).map_err(torch_err("SVD for PCA"))?;
+            let v = v.narrow(1, 0, k);
+            (flip_signs(&v).to_kind(kind), s.narrow(0, 0, k).square())
+        }
+    };
+    Ok(Pca {
+        mean: mean.to_kind(kind),
+        components,
+        explained_variance: lambda / (n as f64 - 1.0),
+    })
+}
+
+/// [d] f64 column means, summed over row blocks on the device.
+fn column_mean(x: &Tensor, device: Device) -> Tensor {
+    let (n, d) = (x.size()[0], x.size()[1]);
+    let rows = (BLOCK_ELEMS / d).max(1);
+    let mut sum = Tensor::zeros([d], (Kind::Double, device));
+    for s in (0..n).step_by(rows as usize) {
+        let xb = x
+            .narrow(0, s, rows.min(n - s))
+            .to_device(device)
+            .to_kind(Kind::Double);
+        sum += xb.sum_dim_intlist(0, false, Kind::Double);
+    }
+    sum / n as f64
+}
+
+/// Centered column block start..start+len of `x` as f64 on the mean's device.
+fn centered_cols(x: &Tensor, mean: &Tensor, start: i64, len: i64) -> Tensor {
+    x.narrow(1, start, len)
+        .to_device(mean.device())
+        .to_kind(Kind::Double)
+        - mean.narrow(0, start, len)
+}
+
+/// [d, d] X_c^T X_c over row blocks.
+fn feature_gram(x: &Tensor, mean: &Tensor) -> Tensor {
+    let (n, d) = (x.size()[0], x.size()[1]);
+    let rows = (BLOCK_ELEMS / d).max(1);
+    let mut g = Tensor::zeros([d, d], (Kind::Double, mean.device()));
+    for s in (0..n).step_by(rows as usize) {
+        let xb = x
+            .narrow(0, s, rows.min(n - s))
+            .to_device(mean.device())
+            .to_kind(Kind::Double)
+            - mean;
+        g += xb.transpose(0, 1).matmul(&xb);
+    }
+    g
+}
+
+/// The k largest eigenvalues of a symmetric PSD matrix (descending, clamped at 0) and
+/// their eigenvectors [m, k].
+fn top_eigh(g: &Tensor, k: i64) -> Result<(Tensor, Tensor)> {
+    let (lambda, vecs) = g.f_linalg_eigh("L").map_err(torch_err("eigh for PCA"))?;
+    let m = lambda.size()[0];
+    // eigh sorts ascending: the top k are the last k, reversed
+    let lambda = lambda.narrow(0, m - k, k).flip([0]).clamp_min(0.0);
+    let vecs = vecs.narrow(1, m - k, k).flip([1]);
+    Ok((lambda, vecs))
+}
+
+/// d >> n: components V = X_c^T U S^-1 from the eigenvectors U of the [n, n] Gram
+/// matrix, built and projected one column block at a time (d x k output in the work
+/// kind; only the blocks are f64).
+fn row_gram(x: &Tensor, mean: &Tensor, k: i64, kind: Kind) -> Result<(Tensor, Tensor)> {
+    let (n, d) = (x.size()[0], x.size()[1]);
+    let device = mean.device();
+    let cols = (BLOCK_ELEMS / n).max(1);
+    let mut gram = Tensor::zeros([n, n], (Kind::Double, device));
+    for s in (0..d).step_by(cols as usize) {
+        let xb = centered_cols(x, mean, s, cols.min(d - s));
+        gram += xb.matmul(&xb.transpose(0, 1));
+    }
+    let (lambda, u) = top_eigh(&gram, k)?;
+    drop(gram);
+    // A component whose eigenvalue is rounding noise has no direction to recover;
+    // it is set to zero (and so projects everything to 0) instead of amplified noise.
+    let lmax = lambda.max().double_value(&[]);
+    let tol = lmax * (n.max(d) as f64) * f64::EPSILON;
+    let valid = lambda.gt(tol);
+    let inv_s = lambda.clamp_min(tol.max(f64::MIN_POSITIVE)).rsqrt() * valid.to_kind(Kind::Double);
+    let components = Tensor::zeros([d, k], (kind, device));
+    // svd_flip across blocks: the first largest |entry| of each component and its sign
+    let mut best_abs = Tensor::full([k], -1.0, (Kind::Double, device));
+    let mut best_sign = Tensor::ones([k], (Kind::Double, device));
+    for s in (0..d).step_by(cols as usize) {
+        let len = cols.min(d - s);
+        let vb = centered_cols(x, mean, s, len).transpose(0, 1).matmul(&u) * &inv_s;
+        let (abs_max, idx) = vb.abs().max_dim(0, false);
+        let sign = vb.gather(0, &idx.unsqueeze(0), false).squeeze_dim(0).sign();
+        let better = abs_max.gt_tensor(&best_abs);
+        best_abs = abs_max.where_self(&better, &best_abs);
+        best_sign = sign.where_self(&better, &best_sign);
+        components.narrow(0, s, len).copy_(&vb);
+    }
+    // a zero component has sign 0: keep it as is
+    let sign = best_sign.where_self(&best_sign.ne(0.0), &best_sign.ones_like());
+    Ok((components * sign.to_kind(kind), lambda))
+}
+
+/// Flips each column of `v` [d, k] so that its first largest-magnitude entry is
+/// positive (sklearn's `svd_flip` on the rows of Vt).
+fn flip_signs(v: &Tensor) -> Tensor {
+    let idx = v.abs().argmax(0, true);
+    let sign = v.gather(0, &idx, false).sign();
+    let sign = sign.where_self(&sign.ne(0.0), &sign.ones_like());
+    v * sign
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn low_rank(n: i64, d: i64) -> Tensor {
+        tch::manual_seed(5);
+        let scales = Tensor::logspace(1.0, -2.0, 12, 10.0, (Kind::Float, Device::Cpu));
+        let f = Tensor::randn([n, 12], (Kind::Float, Device::Cpu)) * scales;
+        f.matmul(&Tensor::randn([12, d], (Kind::Float, Device::Cpu)))
+            + Tensor::randn([n, d], (Kind::Float, Device::Cpu)) * 0.01
+            + 2.0
+    }
+
+    #[test]
+    fn routes_agree() {
+        for (n, d) in [(40, 300), (300, 40)] {
+            let x = low_rank(n, d);
+            let a = fit_pca_with(&x, 8, PcaSolver::Svd, Device::Cpu).unwrap();
+            for solver in [PcaSolver::RowGram, PcaSolver::FeatureGram] {
+                let b = fit_pca_with(&x, 8, solver, Device::Cpu).unwrap();
+                assert!(
+                    a.components.allclose(&b.components, 1e-4, 1e-5, false),
+                    "{solver:?} components differ at n {n}, d {d}"
+                );
+                assert!(a
+                    .explained_variance
+                    .allclose(&b.explained_variance, 1e-8, 1e-8, false));
+                let (ta, tb) = (a.transform(&x).unwrap(), b.transform(&x).unwrap());
+                assert!(ta.allclose(&tb, 1e-4, 1e-4, false));
+            }
+        }
+    }
+
+    #[test]
+    fn components_are_orthonormal_and_clipped() {
+        let x = low_rank(10, 30);
+        let p = fit_pca(&x, 1000, Device::Cpu).unwrap();
+        assert_eq!(p.n_components(), 9, "k = min(requested, n - 1, d)");
+        let gram = p.components.transpose(0, 1).matmul(&p.components);
+        assert!(gram.allclose(
+            &Tensor::eye(9, (Kind::Float, Device::Cpu)),
+            1e-4,
+            1e-4,
+            false
+        ));
+        let e = fit_pca(&x, 3, Device::Cpu)
+            .unwrap()
+            .transform(&x.narrow(1, 0, 5))
+            .unwrap_err();
+        assert!(e.to_string().contains("30"), "{e}");
+    }
+}
