@@ -21,9 +21,14 @@ setup:
 build: setup
 	cargo build --release --workspace --bins
 
+DEMO_RUN ?= runs/demo
+DEMO_SIZE ?= 128
+
 demo: build
 	$(VCL) synth --preset demo --out $(DEMO_DATA) --seed $(DEMO_SEED)
 	$(VCL) inspect $(DEMO_DATA)
+	$(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh,rh --backbone mobilenet_v2 \
+	  --input-size $(DEMO_SIZE) --method untuned --out $(DEMO_RUN)/untuned --evaluate
 
 fmt:
 	cargo fmt --all --check

@@ -63,7 +63,10 @@ impl RoiAtlas {
                 });
             }
             let map_path = layout.mapping(family);
-            let names = npy::read_mapping(&map_path)?;
+            let mut names = npy::read_mapping(&map_path)?;
+            // The release's mappings name label 0 ("Unknown"): it marks vertices outside
+            // every ROI of the family, not an ROI.
+            names.remove(&0);
             if let Some(bad) = labels.iter().find(|&&l| l != 0 && !names.contains_key(&l)) {
                 return Err(DataError::Mapping {
                     path: map_path,

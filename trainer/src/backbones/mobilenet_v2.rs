@@ -12,15 +12,16 @@ use tch::Tensor;
 use super::layers::{batch_norm2d, global_avg_pool, linear, BatchNorm2d, Conv, Init};
 use super::Staged;
 
-/// (expansion t, output channels c, repeats n, first stride s): torchvision's table.
-const INVERTED_RESIDUAL_SETTING: [(i64, i64, i64, i64); 7] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
+/// (expansion t, output channels c, repeats n, first stride s): torchvision's table,
+/// with the tap each group ends at (its last block's index in `features`).
+const INVERTED_RESIDUAL_SETTING: [(i64, i64, i64, i64, &str); 7] = [
+    (1, 16, 1, 1, "features.1"),
+    (6, 24, 2, 2, "features.3"),
+    (6, 32, 3, 2, "features.6"),
+    (6, 64, 4, 2, "features.10"),
+    (6, 96, 3, 1, "features.13"),
+    (6, 160, 3, 2, "features.16"),
+    (6, 320, 1, 1, "features.17"),
 ];
 const STEM_CHANNELS: i64 = 32;
 const LAST_CHANNELS: i64 = 1280;
@@ -121,7 +122,7 @@ pub fn mobilenet_v2(p: &nn::Path, num_classes: i64) -> Staged {
     let mut c_in = STEM_CHANNELS;
     let mut index = 1;
     let mut stem = Some(stem);
-    for &(t, c, n, s) in INVERTED_RESIDUAL_SETTING.iter() {
+    for &(t, c, n, s, tap) in INVERTED_RESIDUAL_SETTING.iter() {
         // The stem runs inside the first group's stage, so features.0 is no tap.
         let mut group = nn::seq_t();
         if let Some(stem) = stem.take() {
@@ -133,7 +134,7 @@ pub fn mobilenet_v2(p: &nn::Path, num_classes: i64) -> Staged {
             c_in = c;
             index += 1;
         }
-        net = net.stage(tap_name(index - 1), group);
+        net = net.stage(tap, group);
     }
     let last = ConvBnReLU6::new(&(&f / index), Conv::new(c_in, LAST_CHANNELS, 1));
     let classifier = linear(
@@ -142,25 +143,10 @@ pub fn mobilenet_v2(p: &nn::Path, num_classes: i64) -> Staged {
         num_classes,
         Init::Normal001,
     );
-    net.stage(tap_name(index), last)
+    net.stage("features.18", last)
         .stage("avgpool", nn::func(global_avg_pool))
         .stage(
             "classifier.1",
             nn::func_t(move |xs, train| xs.dropout(0.2, train).apply(&classifier)),
         )
-}
-
-/// The tap names are static strings; the table above fixes which indices occur.
-fn tap_name(index: i64) -> &'static str {
-    match index {
-        1 => "features.1",
-        3 => "features.3",
-        6 => "features.6",
-        10 => "features.10",
-        13 => "features.13",
-        16 => "features.16",
-        17 => "features.17",
-        18 => "features.18",
-        _ => unreachable!("INVERTED_RESIDUAL_SETTING ends its groups at 1,3,6,10,13,16,17"),
-    }
 }

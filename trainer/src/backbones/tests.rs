@@ -121,6 +121,18 @@ fn unknown_arch_lists_the_valid_ones() {
 }
 
 #[test]
+fn names_agree_across_clap_serde_and_from_str() {
+    for arch in Arch::ALL {
+        let json = serde_json::to_string(&arch).unwrap();
+        assert_eq!(json, format!("\"{}\"", arch.name()));
+        assert_eq!(serde_json::from_str::<Arch>(&json).unwrap(), arch);
+        let cli = <Arch as clap::ValueEnum>::from_str(arch.name(), false).unwrap();
+        assert_eq!(cli, arch);
+        assert_eq!(arch.to_string(), arch.name());
+    }
+}
+
+#[test]
 fn mobilenet_weights_into_resnet18_name_missing_and_unexpected_keys() {
     let dir = tempfile::tempdir().unwrap();
     let real = crate::paths::weights_dir().join(Arch::MobileNetV2.weights_file());

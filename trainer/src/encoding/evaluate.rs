@@ -35,6 +35,13 @@ pub struct Evaluation {
     pub results: Vec<RoiResult>,
 }
 
+/// One hemisphere's held-out responses [n_held, V], noise ceiling and noiseless truth.
+struct HeldOut {
+    y: Tensor,
+    nc: Option<Vec<f32>>,
+    truth: Option<Tensor>,
+}
+
 fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
     let t = t
         .to_device(Device::Cpu)
@@ -68,7 +75,7 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
             .push(e);
     }
 
-    let mut results = Vec::new();
+    let mut results: Vec<RoiResult> = Vec::new();
     for (subject_name, encs) in by_subject {
         let subject = ds.subject(&subject_name)?;
         let sp = split::holdout(
@@ -104,20 +111,22 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
             z_held.insert(tf.info.tap.clone(), z);
         }
         let held_idx = index_tensor(&sp.heldout, Device::Cpu);
-        let mut cache: BTreeMap<Hemisphere, (Tensor, Option<Vec<f32>>, Option<Tensor>)> =
-            BTreeMap::new();
+        let mut cache: BTreeMap<Hemisphere, HeldOut> = BTreeMap::new();
         for enc in encs {
             let m = &enc.meta;
-            if !cache.contains_key(&m.hemisphere) {
-                let y =
-                    to_tensor(&subject.fmri(m.hemisphere)?, Device::Cpu).index_select(0, &held_idx);
-                let nc = subject.noise_ceiling(m.hemisphere)?.map(|a| a.to_vec());
-                let truth = subject
-                    .ground_truth_train(m.hemisphere)?
-                    .map(|t| to_tensor(&t, Device::Cpu).index_select(0, &held_idx));
-                cache.insert(m.hemisphere, (y, nc, truth));
-            }
-            let (y, nc, truth) = &cache[&m.hemisphere];
+            let held = match cache.entry(m.hemisphere) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let y = to_tensor(&subject.fmri(m.hemisphere)?, Device::Cpu)
+                        .index_select(0, &held_idx);
+                    let nc = subject.noise_ceiling(m.hemisphere)?.map(|a| a.to_vec());
+                    let truth = subject
+                        .ground_truth_train(m.hemisphere)?
+                        .map(|t| to_tensor(&t, Device::Cpu).index_select(0, &held_idx));
+                    e.insert(HeldOut { y, nc, truth })
+                }
+            };
+            let (y, nc, truth) = (&held.y, &held.nc, &held.truth);
             let cols = index_tensor(&m.vertices, Device::Cpu);
             let z = &z_held[&m.tap];
             let pred = z.matmul(&enc.coef.to_device(device)) + enc.intercept.to_device(device);
@@ -271,26 +280,46 @@ fn write_report(run: &Path, eval: &Evaluation) -> Result<()> {
         &series.into_iter().collect::<Vec<_>>(),
     )?;
 
-    // Scatter: each voxel's r against sqrt(NC), the highest r its noise allows.
-    let mut groups: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    // Scatter: each voxel's r against sqrt(NC), the highest r its noise allows. Streams
+    // overlap the other families, so only prf-visualrois (early) and floc ROIs (higher)
+    // are drawn, each voxel once; early last so it stays visible.
+    let early = ["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"];
+    let streams = [
+        "streams:early",
+        "midventral",
+        "midlateral",
+        "midparietal",
+        "ventral",
+        "lateral",
+        "parietal",
+    ];
+    let mut higher_pts = Vec::new();
+    let mut early_pts = Vec::new();
     for r in &eval.results {
-        let Ok(nc) = read_subject_nc(run, r) else {
+        if streams.contains(&r.roi.as_str()) || r.roi.contains('+') || r.roi == "early" {
+            continue;
+        }
+        let Some(nc) = read_subject_nc(run, r)? else {
             continue;
         };
-        let Some(nc) = nc else { continue };
         let voxel_r = crate::npy::read_f32_1d(&run.join(&r.voxel_r_file))?;
-        let family = if ["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4", "early"]
-            .contains(&r.roi.as_str())
-        {
-            "early ROIs"
+        let target = if early.contains(&r.roi.as_str()) {
+            &mut early_pts
         } else {
-            "higher ROIs"
+            &mut higher_pts
         };
-        let g = groups.entry(family).or_default();
         for (x, y) in nc.iter().zip(voxel_r.iter()) {
-            g.push(((*x as f64).max(0.0).sqrt(), *y as f64));
+            target.push(((*x as f64).max(0.0).sqrt(), *y as f64));
         }
     }
+    let groups: Vec<(String, Vec<(f64, f64)>)> = [
+        ("higher ROIs (floc)", higher_pts),
+        ("early ROIs (V1-hV4)", early_pts),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     if !groups.is_empty() {
         plots::scatter(
             &dir.join("r_vs_noise_ceiling.png"),

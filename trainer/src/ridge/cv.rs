@@ -78,6 +78,10 @@ pub struct CvGrid<'a> {
     pub voxel_batch: usize,
 }
 
+/// Elements of the [r, alphas x voxels] weights scored in one product (128 MB in f32);
+/// with r = 1000 and the default voxel batch all 9 default alphas fit in one.
+const ALPHA_CHUNK_ELEMS: i64 = 1 << 25;
+
 /// A fold's fixed part: its decomposition and validation statistics (all on the device).
 struct FoldModel {
     /// [n_f] validation row indices (i64)
@@ -224,6 +228,7 @@ pub fn cross_validate(x: &Tensor, y: &Tensor, grid: &CvGrid, device: Device) -> 
     let models = fold_models(&xc, grid.folds, grid.scorer, kind)?;
     drop(xc);
     let n_alphas = grid.alphas.len() as i64;
+    let alphas_t = Tensor::from_slice(grid.alphas).to_device(device);
     let scores = Tensor::zeros([models.len() as i64, n_alphas, v as i64], (kind, device));
     for (start, len) in batches(v, grid.voxel_batch) {
         let yb = y.narrow(1, start, len).to_device(device).to_kind(kind);
@@ -261,16 +266,31 @@ pub fn cross_validate(x: &Tensor, y: &Tensor, grid: &CvGrid, device: Device) -> 
             }
             let proj = m.v.transpose(0, 1).matmul(&c_v);
             drop(c_v);
-            for (a, &alpha) in grid.alphas.iter().enumerate() {
-                let shrink = (&m.lambda + alpha).reciprocal().to_kind(kind).unsqueeze(1);
-                let w = &beta * shrink;
-                let lin = (&proj * &w).sum_dim_intlist(0, false, kind);
-                let quad = m.quad.apply(&w, kind);
-                let score = grid.scorer.score_stats(sst, &zz, &lin, &quad);
+            // [A, r]: each alpha's shrinkage 1 / (s^2 + alpha) of each direction
+            let shrink = (m.lambda.unsqueeze(0) + alphas_t.unsqueeze(1))
+                .reciprocal()
+                .to_kind(kind);
+            let r = shrink.size()[1];
+            // cross term of every alpha in one product: sum_k proj_k beta_k shrink_k
+            let lin = shrink.matmul(&(&proj * &beta));
+            // quadratic term, alphas in chunks of one [r, chunk x b] product each
+            let chunk = (ALPHA_CHUNK_ELEMS / (r * len).max(1)).clamp(1, n_alphas);
+            for a0 in (0..n_alphas).step_by(chunk as usize) {
+                let na = chunk.min(n_alphas - a0);
+                let sh = shrink.narrow(0, a0, na).transpose(0, 1).unsqueeze(2);
+                // written into a [r, chunk, b] buffer so that it is one [r, chunk x b]
+                // matrix without a copy (a broadcast product may come out permuted)
+                let w = Tensor::empty([r, na, len], (kind, device));
+                let _ = beta.unsqueeze(1).mul_out(&w, &sh);
+                let w = w.view([r, na * len]);
+                let quad = m.quad.apply(&w, kind).reshape([na, len]);
+                let score = grid
+                    .scorer
+                    .score_stats(sst, &zz, &lin.narrow(0, a0, na), &quad);
                 scores
                     .get(k as i64)
-                    .get(a as i64)
-                    .narrow(0, start, len)
+                    .narrow(0, a0, na)
+                    .narrow(1, start, len)
                     .copy_(&score);
             }
         }

@@ -58,7 +58,7 @@ pub(crate) fn synthesize_with(
         });
     }
     let photos = PhotoSet::load(&cfg.photos_dir)?;
-    create_dir(&cfg.out)?;
+    prepare_out(&cfg.out)?;
 
     let shared = Arc::new(SharedModel::new(cfg.seed));
     let total: usize = (1..=n_subjects).map(|s| params.n_images(s)).sum();
@@ -116,6 +116,48 @@ pub(crate) fn synthesize_with(
         photos: photos.photos.len(),
         subjects: summaries,
     })
+}
+
+/// An empty or new folder is used as is. A previous synthesis (it has the parameter
+/// file) is replaced whole, so no stale image or subject of another seed or preset
+/// survives to contradict the new fMRI rows. Any other non-empty folder is refused:
+/// it may hold real data.
+fn prepare_out(out: &Path) -> Result<(), SynthError> {
+    let err = |reason: String| SynthError::OutDir {
+        path: out.to_path_buf(),
+        reason,
+    };
+    if out.exists() {
+        if !out.is_dir() {
+            return Err(err("exists and is not a folder".into()));
+        }
+        let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(out)
+            .map_err(|e| err(format!("cannot list: {e}")))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(format!("cannot list: {e}")))?;
+        if !entries.is_empty() {
+            if !out.join(IN_SILICO_PARAMS).is_file() {
+                return Err(err(format!(
+                    "not empty and holds no {IN_SILICO_PARAMS}; refusing to write a synthesized dataset over other files (choose a new or empty folder)"
+                )));
+            }
+            for e in entries {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let path = e.path();
+                let is_subject = name.len() > 4
+                    && name.starts_with("subj")
+                    && name[4..].bytes().all(|b| b.is_ascii_digit());
+                if is_subject && path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                        .map_err(|e| err(format!("cannot remove the previous {name}: {e}")))?;
+                } else if name == IN_SILICO_PARAMS {
+                    std::fs::remove_file(&path)
+                        .map_err(|e| err(format!("cannot remove the previous {name}: {e}")))?;
+                }
+            }
+        }
+    }
+    create_dir(out)
 }
 
 fn create_dir(path: &Path) -> Result<(), SynthError> {

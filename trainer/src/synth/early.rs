@@ -450,13 +450,13 @@ fn prf_taps(prf: &Prf, l: usize, offset: usize, gain: f64, out: &mut Vec<(u32, f
     let s = ((prf.sigma_deg as f64 * f).powi(2) + 0.25).sqrt();
     let norm = gain / (2.0 * std::f64::consts::PI * s * s);
     let reach = 3.0 * s;
-    let y0 = (cy - reach).floor().max(0.0) as usize;
-    let y1 = ((cy + reach).ceil().max(0.0) as usize).min(n - 1);
-    let x0 = (cx - reach).floor().max(0.0) as usize;
-    let x1 = ((cx + reach).ceil().max(0.0) as usize).min(n - 1);
     if cy + reach < 0.0 || cx + reach < 0.0 || cy - reach > n as f64 || cx - reach > n as f64 {
         return;
     }
+    let y0 = (cy - reach).floor().max(0.0) as usize;
+    let y1 = ((cy + reach).ceil() as usize).min(n - 1);
+    let x0 = (cx - reach).floor().max(0.0) as usize;
+    let x1 = ((cx + reach).ceil() as usize).min(n - 1);
     for y in y0..=y1 {
         for x in x0..=x1 {
             let d2 = (x as f64 - cx).powi(2) + (y as f64 - cy).powi(2);

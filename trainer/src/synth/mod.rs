@@ -66,6 +66,9 @@ pub enum SynthError {
         source: std::io::Error,
     },
 
+    #[error("output folder {path}: {reason}")]
+    OutDir { path: PathBuf, reason: String },
+
     #[error("cannot write image {path}: {reason}")]
     WriteImage { path: PathBuf, reason: String },
 

@@ -599,6 +599,32 @@ fn photo_errors_name_the_folder() {
 }
 
 #[test]
+fn output_folder_is_replaced_only_if_synthesized() {
+    let photos = photos_tempdir();
+    let out = tempfile::tempdir().unwrap();
+    synthesize(&config(out.path(), photos.path(), 1, Some(2))).unwrap();
+    std::fs::write(out.path().join("notes.txt"), "mine").unwrap();
+    // Another seed and fewer subjects: nothing of the first run may remain.
+    synthesize(&config(out.path(), photos.path(), 2, Some(1))).unwrap();
+    assert!(!out.path().join("subj02").exists());
+    assert!(
+        out.path().join("notes.txt").exists(),
+        "files the generator did not write stay"
+    );
+    let layout = SubjectLayout::new(out.path(), &subject_dir_name(1));
+    let n = std::fs::read_dir(layout.training_images()).unwrap().count();
+    assert_eq!(n, Preset::Tiny.params().n_train(1));
+
+    let foreign = tempfile::tempdir().unwrap();
+    std::fs::create_dir(foreign.path().join("subj01")).unwrap();
+    let e = synthesize(&config(foreign.path(), photos.path(), 2, None))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refusing"), "{e}");
+    assert!(foreign.path().join("subj01").exists());
+}
+
+#[test]
 fn installed_photos_if_present() {
     let dir = crate::paths::photos_dir();
     if !dir.is_dir() {

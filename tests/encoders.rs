@@ -1,0 +1,158 @@
+//! The untuned baseline end to end on the tiny in-silico brain: real MobileNetV2
+//! features -> PCA -> ridge (CV inside the training split) -> held-out scores, tables
+//! and plots; and the CLI's errors for bad requests.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use vcl_tests::vcl;
+use vcl_trainer::algonauts::Hemisphere;
+use vcl_trainer::backbones::{Arch, Device};
+use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
+use vcl_trainer::{paths, ridge, synth};
+
+fn tiny() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tiny");
+        synth::synthesize(&synth::SynthConfig {
+            preset: synth::Preset::Tiny,
+            out: out.clone(),
+            seed: 11,
+            subjects: Some(1),
+            photos_dir: paths::photos_dir(),
+        })
+        .expect("tiny synthesis");
+        (dir, out)
+    })
+    .1
+}
+
+fn config(data: &Path) -> FitConfig {
+    FitConfig {
+        data_dir: data.to_path_buf(),
+        subjects: vec!["subj01".into()],
+        hemispheres: vec![Hemisphere::Left, Hemisphere::Right],
+        rois: vec![
+            "V1".into(),
+            "V2v+V2d".into(),
+            "early".into(),
+            "floc-faces".into(),
+        ],
+        arch: Arch::MobileNetV2,
+        weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
+        taps: vec!["features.3".into(), "features.6".into(), "avgpool".into()],
+        input_size: 64,
+        pca_components: 1000,
+        alphas: ridge::default_alphas(),
+        folds: 5,
+        alpha_mode: AlphaMode::Voxel,
+        heldout_fraction: 0.25,
+        split_seed: 0,
+        max_feature_dim: Some(8192),
+        batch_size: 16,
+        method: "untuned".into(),
+    }
+}
+
+#[test]
+fn fit_and_evaluate_write_encoders_scores_and_plots() {
+    let run_dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cfg = config(tiny());
+    let record = encoding::fit(&cfg, run_dir.path(), cache.path(), Device::Cpu).unwrap();
+    assert_eq!(record.selections.len(), 8, "4 ROIs x 2 hemispheres");
+    for s in &record.selections {
+        assert!(cfg.taps.contains(&s.tap), "{s:?}");
+    }
+    let eval = encoding::evaluate(run_dir.path(), cache.path(), Device::Cpu).unwrap();
+    assert_eq!(eval.results.len(), 8);
+    for r in &eval.results {
+        assert_eq!(r.heldout_images, 12);
+        assert!(r.scores.mean_r.is_finite() && r.scores.algonauts_mean.is_some());
+    }
+    // ImageNet features predict the simulated early visual cortex: the noiseless truth
+    // of the held-out images correlates with the predictions.
+    let early: Vec<_> = eval.results.iter().filter(|r| r.roi == "early").collect();
+    for r in &early {
+        let truth = r.scores.mean_r_truth.expect("in-silico data has a truth");
+        assert!(
+            truth > 0.2,
+            "{} {}: r with truth {truth}",
+            r.subject,
+            r.hemisphere
+        );
+    }
+    let dir = run_dir.path().join("evaluation");
+    for f in [
+        "results.json",
+        "results.csv",
+        "results.md",
+        "roi_mean_r.png",
+        "r_vs_noise_ceiling.png",
+    ] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let md = std::fs::read_to_string(dir.join("results.md")).unwrap();
+    assert!(md.contains("| subj01 | lh | V1 |"), "{md}");
+    // The stored encoders are complete: meta, weights, and the PCA they point at.
+    let encs = encoding::store::load_encoders(run_dir.path()).unwrap();
+    assert_eq!(encs.len(), 8);
+    for e in &encs {
+        assert!(run_dir.path().join(&e.meta.pca_file).exists());
+        assert_eq!(e.meta.alphas.len(), e.meta.vertices.len());
+    }
+}
+
+fn fit_cli(extra: &[&str]) -> String {
+    let run = tempfile::tempdir().unwrap();
+    let mut args = vec![
+        "fit",
+        "--data",
+        tiny().to_str().unwrap(),
+        "--out",
+        run.path().to_str().unwrap(),
+        "--input-size",
+        "64",
+        "--rois",
+        "V1",
+    ];
+    args.extend_from_slice(extra);
+    let out = vcl(&args);
+    assert!(!out.status.success(), "vcl fit {extra:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_requests_are_refused_with_clear_errors() {
+    let e = fit_cli(&["--taps", "features.99"]);
+    assert!(
+        e.contains("features.99") && e.contains("features.6") && e.contains("classifier.1"),
+        "{e}"
+    );
+
+    let e = fit_cli(&["--backbone", "vgg16"]);
+    assert!(
+        e.contains("vgg16") && e.contains("mobilenet_v2") && e.contains("alexnet"),
+        "{e}"
+    );
+
+    let mobilenet = paths::weights_dir().join("mobilenet_v2.safetensors");
+    let e = fit_cli(&[
+        "--backbone",
+        "resnet18",
+        "--weights",
+        mobilenet.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("missing") && e.contains("unexpected") && e.contains("conv1.weight"),
+        "{e}"
+    );
+
+    let e = fit_cli(&["--folds", "100"]);
+    assert!(e.contains("cannot be split into 100"), "{e}");
+
+    let e = fit_cli(&["--rois", "V7"]);
+    assert!(e.contains("unknown ROI 'V7'"), "{e}");
+}
