@@ -245,3 +245,19 @@ fn corrupt_npy_and_corrupt_images_name_the_file() {
         "{e}"
     );
 }
+
+#[test]
+fn label_zero_named_unknown_is_not_an_roi() {
+    // The Algonauts release names label 0 in its mappings; it marks unlabeled vertices.
+    let (_d, root) = damaged_copy();
+    let s = Dataset::open(&root).unwrap().subject("subj01").unwrap();
+    let path = s.layout.mapping("floc-places");
+    let mut names = npy::read_mapping(&path).unwrap();
+    names.insert(0, "Unknown".into());
+    npy::write_mapping(&path, &names).unwrap();
+    let atlas = s.rois(Hemisphere::Left).unwrap();
+    assert!(!atlas.known_rois().contains(&"Unknown".to_string()));
+    let e = err_text(atlas.select("Unknown", &s.name));
+    assert!(e.contains("unknown ROI 'Unknown'"), "{e}");
+    assert!(atlas.counts().iter().all(|c| c.roi != "Unknown"));
+}

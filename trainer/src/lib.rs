@@ -6,6 +6,7 @@
 
 pub mod algonauts;
 pub mod backbones;
+pub mod compare;
 pub mod encoding;
 pub mod error;
 pub mod features;

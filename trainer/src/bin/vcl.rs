@@ -31,6 +31,21 @@ enum Command {
     Fit(FitArgs),
     /// Score a fit's encoders once on the held-out split; write tables and plots.
     Evaluate(EvaluateArgs),
+    /// Compare evaluated runs (untuned, regression, cl, pooled) per ROI.
+    Compare(CompareArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CompareArgs {
+    /// Evaluated run directories, one per method.
+    #[arg(required = true, num_args = 2..)]
+    runs: Vec<PathBuf>,
+    /// Method the others are measured against (default: cl when present).
+    #[arg(long)]
+    reference: Option<String>,
+    /// Output folder for comparison.{md,csv,json,png}.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -135,6 +150,13 @@ fn main() -> Result<()> {
         Command::Inspect(a) => run_inspect(a),
         Command::Fit(a) => run_fit(a),
         Command::Evaluate(a) => run_evaluate(&a.run),
+        Command::Compare(a) => {
+            let cmp = vcl_trainer::compare::compare(&a.runs, a.reference.as_deref(), &a.out)
+                .context("comparing runs")?;
+            print!("{}", vcl_trainer::compare::markdown(&cmp));
+            println!("\nreport: {}", a.out.join("comparison.md").display());
+            Ok(())
+        }
     }
 }
 

@@ -212,11 +212,19 @@ fn outer(a: &Tensor, b: &Tensor) -> Tensor {
 /// kind, on `device`. Each fold fits on its training rows (x and y centered on them,
 /// i.e. with an intercept) and scores its validation rows with `grid.scorer`.
 ///
-/// Peak memory, in bytes, for K folds, A alphas, b = voxel_batch, r <= p:
-/// 4 (n p + K (p r + r^2) + K A v) persistent, plus per batch
-/// 4 b (2 n + (K + 3) p + 5 r) and, while the folds are decomposed, 8 (n p + 4 p^2).
-/// At NSD scale (n 8000, p 1000, v 20000, K 5, A 9, b 4096) that is about 0.5 GB
-/// besides `y` itself, which may stay on the host: it is moved one batch at a time.
+/// Peak memory, in bytes (f32; twice that for f64 input), for K folds, A alphas,
+/// b = voxel_batch, r <= p the fold rank and n_f the largest fold:
+///
+/// ```text
+/// persistent   4 (n p + K (p r + r^2) + K A v)        fold rows, V, A^T A; scores
+/// per batch    4 b (n + n_f + (K + 3) p + 3 r + 3 A)  y batch, X^T y per fold, terms
+///            + 8 min(A r b, 2^25)                     the alphas' weights and H w
+/// transient    8 (n p + 4 p^2)                        f64 Grams while decomposing
+/// ```
+///
+/// At NSD scale (n 8000, p 1000, v 20000, K 5, A 9, b 2048): 0.08 + 0.32 GB (the f64
+/// transient, 0.1 GB, is gone before the batches start), besides `y` itself, which may
+/// stay on the host: it is moved to `device` one batch at a time.
 pub fn cross_validate(x: &Tensor, y: &Tensor, grid: &CvGrid, device: Device) -> Result<Tensor> {
     let (n, _, v) = check_xy(x, y)?;
     check_alphas(grid.alphas)?;

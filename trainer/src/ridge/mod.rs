@@ -40,8 +40,9 @@ pub use scoring::{pearson_columns, r2_columns, Scorer};
 pub use solvers::{solve_ridge_svd, solve_ridge_svd_per_voxel, Weights};
 
 /// Voxels solved together when the caller does not say: at NSD scale (p = 1000) one
-/// batch's working set is a few hundred MB (see [`cv::cross_validate`]).
-pub const DEFAULT_VOXEL_BATCH: usize = 4096;
+/// batch's working set is about 0.3 GB (see [`cv::cross_validate`]); on 2 CPU cores
+/// 1024, 2048 and 4096 ran equally fast there.
+pub const DEFAULT_VOXEL_BATCH: usize = 2048;
 
 /// Everything that can go wrong fitting or applying an encoding model; each variant
 /// names the array or number at fault.
@@ -169,8 +170,10 @@ pub struct RidgeFit {
 /// K-fold cross-validated ridge: scores every alpha on every fold, picks alphas (per
 /// voxel or shared), and refits on all rows of `x` [n, p] -> `y` [n, v].
 ///
-/// Peak memory: see [`cv::cross_validate`] (the CV pass dominates) plus the result,
-/// 4 (p + 1 + alphas) v bytes.
+/// Peak memory: the larger of the CV pass ([`cv::cross_validate`], about 0.4 GB at
+/// NSD scale) and the refit ([`solve_ridge_svd_per_voxel`]: f64 SVD of x, 8 (2 n p +
+/// p^2) bytes, then 4 (n r + p r + b (n + r + p)) per batch), plus the result,
+/// 4 (p + 1) v + 8 alphas v bytes; `y` is read one voxel batch at a time.
 pub fn ridge_cv(x: &Tensor, y: &Tensor, cfg: &RidgeCvConfig, device: Device) -> Result<RidgeFit> {
     let (n, _, _) = check_xy(x, y)?;
     check_alphas(&cfg.alphas)?;

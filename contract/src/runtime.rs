@@ -1,16 +1,21 @@
 //! ONNX Runtime, loaded at run time from a libonnxruntime.so the user points at (the
 //! venv's onnxruntime wheel by default): nothing is downloaded, and the same binary
 //! runs on CPU machines and, with an onnxruntime-gpu library, on CUDA.
+//!
+//! It lives in the contract crate because both sides run models with it: the server
+//! serves them, and `vcl export` runs each model it writes before publishing it.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use ort::session::Session;
 
-use crate::error::ServerError;
+use crate::error::ContractError;
 
 /// Which execution provider a model should run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when it registers, CPU otherwise (the fallback is logged).
@@ -30,7 +35,7 @@ pub enum Provider {
 
 /// Where `libonnxruntime.so` is looked for when no path is given: `ORT_DYLIB_PATH`,
 /// then the project's `.venv` (any Python version's site-packages).
-pub fn default_dylib_path() -> Result<PathBuf, ServerError> {
+pub fn default_dylib_path() -> Result<PathBuf, ContractError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         return Ok(PathBuf::from(p));
     }
@@ -57,24 +62,26 @@ pub fn default_dylib_path() -> Result<PathBuf, ServerError> {
     found.sort();
     found
         .pop()
-        .ok_or(ServerError::RuntimeMissing { looked_for })
+        .ok_or(ContractError::RuntimeMissing { looked_for })
 }
 
-/// A loaded ONNX Runtime. Only one can exist per process: ORT's library is global.
+/// A loaded ONNX Runtime. Only one can exist per process: ORT's library and its
+/// environment are global (a second `load` fails), so code that may run several times
+/// in one process (exports, tests) uses [`Runtime::shared`].
 pub struct Runtime {
     pub dylib: PathBuf,
     env: Environment,
 }
 
 impl Runtime {
-    pub fn load(dylib: &Path) -> Result<Self, ServerError> {
+    pub fn load(dylib: &Path) -> Result<Self, ContractError> {
         if !dylib.exists() {
-            return Err(ServerError::RuntimeLoad {
+            return Err(ContractError::RuntimeLoad {
                 path: dylib.to_path_buf(),
                 reason: "file does not exist".into(),
             });
         }
-        let err = |reason: String| ServerError::RuntimeLoad {
+        let err = |reason: String| ContractError::RuntimeLoad {
             path: dylib.to_path_buf(),
             reason,
         };
@@ -90,14 +97,32 @@ impl Runtime {
         })
     }
 
+    /// The process's runtime, loaded from `dylib` on first use. Later calls return the
+    /// same runtime whatever path they name: ORT cannot load a second library.
+    pub fn shared(dylib: &Path) -> Result<&'static Runtime, ContractError> {
+        static SHARED: OnceLock<Runtime> = OnceLock::new();
+        static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        if let Some(rt) = SHARED.get() {
+            return Ok(rt);
+        }
+        // Serializes first loads: two threads racing into `ort::init_from` would make
+        // the loser fail with "only one environment".
+        let _guard = LOADING.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rt) = SHARED.get() {
+            return Ok(rt);
+        }
+        let rt = Runtime::load(dylib)?;
+        Ok(SHARED.get_or_init(|| rt))
+    }
+
     /// Opens a model on the requested device; `intra_threads` = 0 lets ORT choose.
     pub fn session(
         &self,
         model: &Path,
         device: DeviceChoice,
         intra_threads: usize,
-    ) -> Result<(Session, Provider), ServerError> {
-        let err = |reason: String| ServerError::ModelLoad {
+    ) -> Result<(Session, Provider), ContractError> {
+        let err = |reason: String| ContractError::ModelLoad {
             path: model.to_path_buf(),
             reason,
         };
@@ -117,7 +142,7 @@ impl Runtime {
                         Provider::Cuda
                     }
                     Err(e) if device == DeviceChoice::Cuda => {
-                        return Err(ServerError::CudaUnavailable(e.to_string()))
+                        return Err(ContractError::CudaUnavailable(e.to_string()))
                     }
                     Err(e) => {
                         tracing::warn!(model = %model.display(), error = %e, "CUDA unavailable, running on CPU");
@@ -134,19 +159,54 @@ impl Runtime {
     }
 }
 
+/// One output of a run: its name, shape and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedOutput {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub values: Vec<f32>,
+}
+
+/// Runs a session with one float32 input and returns every output, in the model's
+/// output order.
+pub fn run_f32_all(
+    session: &mut Session,
+    shape: &[usize],
+    data: Vec<f32>,
+) -> Result<Vec<NamedOutput>, ContractError> {
+    let input = ort::value::Tensor::from_array((shape.to_vec(), data))
+        .map_err(|e| ContractError::BadInput(e.to_string()))?;
+    let outputs = session
+        .run(ort::inputs![input])
+        .map_err(|e| ContractError::Inference(e.to_string()))?;
+    outputs
+        .iter()
+        .map(|(name, value)| {
+            let (out_shape, values) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| ContractError::Inference(format!("output {name}: {e}")))?;
+            Ok(NamedOutput {
+                name: name.to_string(),
+                shape: out_shape.to_vec(),
+                values: values.to_vec(),
+            })
+        })
+        .collect()
+}
+
 /// Runs a session with one float32 input and returns its first output as (shape, data).
 pub fn run_f32(
     session: &mut Session,
     shape: &[usize],
     data: Vec<f32>,
-) -> Result<(Vec<i64>, Vec<f32>), ServerError> {
+) -> Result<(Vec<i64>, Vec<f32>), ContractError> {
     let input = ort::value::Tensor::from_array((shape.to_vec(), data))
-        .map_err(|e| ServerError::BadInput(e.to_string()))?;
+        .map_err(|e| ContractError::BadInput(e.to_string()))?;
     let outputs = session
         .run(ort::inputs![input])
-        .map_err(|e| ServerError::Inference(e.to_string()))?;
+        .map_err(|e| ContractError::Inference(e.to_string()))?;
     let (out_shape, values) = outputs[0]
         .try_extract_tensor::<f32>()
-        .map_err(|e| ServerError::Inference(e.to_string()))?;
+        .map_err(|e| ContractError::Inference(e.to_string()))?;
     Ok((out_shape.to_vec(), values.to_vec()))
 }
