@@ -29,6 +29,7 @@ demo: build
 	$(VCL) inspect $(DEMO_DATA)
 	$(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh,rh --backbone mobilenet_v2 \
 	  --input-size $(DEMO_SIZE) --method untuned --out $(DEMO_RUN)/untuned --evaluate
+	$(VCL) export --run $(DEMO_RUN)/untuned --out exports
 
 fmt:
 	cargo fmt --all --check

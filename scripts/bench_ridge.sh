@@ -42,12 +42,15 @@ run() {  # run LOG CMD...: the command's JSON line on stdout, time -v's report i
   if ((${#TIME[@]})); then "${TIME[@]}" -o "$log" "$@"; else "$@"; fi
 }
 
+echo "load average before vcl: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores; other jobs slow both tools)"
 echo "== vcl (n $N, p $P, v $V, 9 alphas, 5 folds, per-voxel alpha, device $DEVICE)"
 VCL_JSON=$(run "$DATA/time_vcl.txt" "$BIN" fit --data "$DATA" --device "$DEVICE")
 echo "$VCL_JSON"
+echo "load average before himalaya: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== himalaya 0.4.11 (backend $HBACKEND)"
 HIM_JSON=$(run "$DATA/time_himalaya.txt" python scripts/bench_ridge_himalaya.py --data "$DATA" --backend "$HBACKEND")
 echo "$HIM_JSON"
+echo "load average after himalaya: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 python - "$DATA" "$VCL_JSON" "$HIM_JSON" <<'PY'
 import json, re, sys
@@ -67,6 +70,9 @@ print(f"fit time     vcl {vcl['fit_s']:8.2f} s   himalaya {him['fit_s']:8.2f} s 
       f"ratio vcl/himalaya {vcl['fit_s'] / him['fit_s']:.3f}")
 print(f"peak RSS     vcl {vcl['peak_rss_mb']:8.0f} MB  himalaya {him['peak_rss_mb']:8.0f} MB  "
       f"ratio {vcl['peak_rss_mb'] / him['peak_rss_mb']:.3f}")
+print(f"after loading vcl {vcl['rss_after_load_mb']:8.0f} MB  himalaya {him['rss_after_load_mb']:8.0f} MB  "
+      f"(libraries + x + y); fit's increment: vcl {vcl['peak_rss_mb'] - vcl['rss_after_load_mb']:.0f} MB, "
+      f"himalaya {him['peak_rss_mb'] - him['rss_after_load_mb']:.0f} MB")
 print(f"time -v      vcl: {time_v('vcl')};  himalaya: {time_v('himalaya')}")
 print(f"same alpha on {100 * same.mean():.2f}% of {len(a)} voxels "
       f"({len(a) - same.sum()} differ); distinct alphas chosen: {len(np.unique(b))}")

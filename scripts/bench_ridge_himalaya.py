@@ -11,6 +11,17 @@ import time
 import numpy as np
 
 
+def vm_rss_mb():
+    """Current resident set in MB (0 where /proc is unavailable)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
@@ -28,6 +39,7 @@ def main():
     x = np.load(f"{args.data}/x.npy")
     y = np.load(f"{args.data}/y.npy")
     load_s = time.perf_counter() - t0
+    rss_loaded = vm_rss_mb()
 
     model = RidgeCV(
         alphas=np.logspace(-1, 7, 9),
@@ -56,6 +68,7 @@ def main():
         "load_s": round(load_s, 3),
         # Linux reports ru_maxrss in kB
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_after_load_mb": round(rss_loaded, 1),
         "threads": torch.get_num_threads(),
     }))
 

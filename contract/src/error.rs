@@ -32,6 +32,16 @@ pub enum ContractError {
     #[error("bad input: {0}")]
     BadInput(String),
 
+    /// The model file does not compute what its manifest says (house rule 2: the server
+    /// refuses such a model).
+    #[error("{model}: {what} is {found} in the model but {expected} in its manifest")]
+    ModelMismatch {
+        model: PathBuf,
+        what: String,
+        expected: String,
+        found: String,
+    },
+
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },
 

@@ -12,6 +12,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 
 use crate::error::ContractError;
+use crate::manifest::{Dim, Manifest, TensorSpec};
 
 /// Which execution provider a model should run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -209,4 +210,75 @@ pub fn run_f32(
         .try_extract_tensor::<f32>()
         .map_err(|e| ContractError::Inference(e.to_string()))?;
     Ok((out_shape.to_vec(), values.to_vec()))
+}
+
+/// Checks that `session` (opened from `model`) has exactly the input and outputs its
+/// manifest promises: names, float32, and shapes (the symbolic batch dimension as a
+/// dynamic one). A server calls this before serving a model and refuses it otherwise.
+pub fn check_session(
+    manifest: &Manifest,
+    session: &Session,
+    model: &Path,
+) -> Result<(), ContractError> {
+    let mismatch = |what: String, expected: String, found: String| ContractError::ModelMismatch {
+        model: model.to_path_buf(),
+        what,
+        expected,
+        found,
+    };
+    let names = |outlets: &[ort::value::Outlet]| {
+        outlets
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect::<Vec<_>>()
+    };
+    let want_inputs = vec![manifest.input.tensor.name.clone()];
+    let want_outputs = vec![
+        manifest.outputs.voxels.name.clone(),
+        manifest.outputs.roi_means.name.clone(),
+    ];
+    for (what, want, got) in [
+        ("the inputs", want_inputs, names(session.inputs())),
+        ("the outputs", want_outputs, names(session.outputs())),
+    ] {
+        if want != got {
+            return Err(mismatch(
+                what.into(),
+                format!("{want:?}"),
+                format!("{got:?}"),
+            ));
+        }
+    }
+    let specs: [(&TensorSpec, &ort::value::Outlet); 3] = [
+        (&manifest.input.tensor, &session.inputs()[0]),
+        (&manifest.outputs.voxels, &session.outputs()[0]),
+        (&manifest.outputs.roi_means, &session.outputs()[1]),
+    ];
+    for (spec, outlet) in specs {
+        let ty = outlet.dtype();
+        if ty.tensor_type() != Some(ort::value::TensorElementType::Float32) {
+            return Err(mismatch(
+                format!("the element type of {}", spec.name),
+                spec.dtype.clone(),
+                format!("{ty:?}"),
+            ));
+        }
+        let want: Vec<i64> = spec
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => *n as i64,
+                Dim::Symbolic(_) => -1,
+            })
+            .collect();
+        let got: Vec<i64> = ty.tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+        if want != got {
+            return Err(mismatch(
+                format!("the shape of {} (-1: dynamic)", spec.name),
+                format!("{want:?}"),
+                format!("{got:?}"),
+            ));
+        }
+    }
+    Ok(())
 }

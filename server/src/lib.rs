@@ -2,6 +2,9 @@
 //! model repository (`exports/<model>/<version>/model.onnx` + `manifest.json`).
 
 pub mod error;
-pub mod runtime;
+
+/// The runtime lives in the contract crate: `vcl export` runs every model it writes
+/// through the same loader the server serves it with.
+pub use vcl_contract::runtime;
 
 pub use error::ServerError;

@@ -92,6 +92,7 @@ fn fit(data: &std::path::Path, folds: usize, voxel_batch: usize, device: &str) -
     let x = load_f32_matrix(&data.join("x.npy"))?;
     let y = load_f32_matrix(&data.join("y.npy"))?;
     let load_s = t0.elapsed().as_secs_f64();
+    let rss_loaded = proc_status_mb("VmRSS:");
     let cfg = RidgeCvConfig {
         folds,
         voxel_batch,
@@ -107,8 +108,8 @@ fn fit(data: &std::path::Path, folds: usize, voxel_batch: usize, device: &str) -
     Tensor::from_slice(&fit.alphas).write_npy(data.join("alphas_vcl.npy"))?;
     println!(
         "{{\"tool\": \"vcl\", \"device\": \"{device:?}\", \"fit_s\": {fit_s:.3}, \"load_s\": {load_s:.3}, \
-         \"peak_rss_mb\": {:.1}, \"threads\": {}}}",
-        peak_rss_mb(),
+         \"peak_rss_mb\": {:.1}, \"rss_after_load_mb\": {rss_loaded:.1}, \"threads\": {}}}",
+        proc_status_mb("VmHWM:"),
         tch::get_num_threads()
     );
     Ok(())
@@ -166,13 +167,14 @@ fn load_f32_matrix(path: &std::path::Path) -> Result<Tensor> {
     Ok(out)
 }
 
-/// The process's peak resident set (VmHWM) in MB, 0 where /proc is unavailable.
-fn peak_rss_mb() -> f64 {
+/// A memory figure of this process from /proc/self/status (VmHWM: peak resident set,
+/// VmRSS: current) in MB, 0 where /proc is unavailable.
+fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

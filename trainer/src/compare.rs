@@ -55,12 +55,13 @@ struct Loaded {
 }
 
 fn load(run: &Path) -> Result<Loaded> {
-    let eval: Evaluation = store::read_json(&run.join("evaluation/results.json")).map_err(|_| {
-        EncodingError::file(
-            &run.join("evaluation/results.json"),
-            "missing or unreadable: run `vcl evaluate` on this run first",
-        )
-    })?;
+    let eval: Evaluation =
+        store::read_json(&run.join("evaluation/results.json")).map_err(|_| {
+            EncodingError::file(
+                &run.join("evaluation/results.json"),
+                "missing or unreadable: run `vcl evaluate` on this run first",
+            )
+        })?;
     Ok(Loaded {
         method: eval.method,
         run: run.to_path_buf(),
@@ -152,8 +153,14 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
         let mut mean_r = BTreeMap::new();
         let mut median_r = BTreeMap::new();
         for m in &methods {
-            let means: Vec<f32> = subjects.iter().map(|s| per_subject[*s][m].0.scores.mean_r).collect();
-            let medians: Vec<f32> = subjects.iter().map(|s| per_subject[*s][m].0.scores.median_r).collect();
+            let means: Vec<f32> = subjects
+                .iter()
+                .map(|s| per_subject[*s][m].0.scores.mean_r)
+                .collect();
+            let medians: Vec<f32> = subjects
+                .iter()
+                .map(|s| per_subject[*s][m].0.scores.median_r)
+                .collect();
             mean_r.insert(m.clone(), metrics::mean(&means));
             median_r.insert(m.clone(), metrics::mean(&medians));
         }
@@ -184,7 +191,10 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
             });
         }
         if versus.is_empty() {
-            voxels = subjects.iter().map(|s| per_subject[*s][&reference].1.len()).sum();
+            voxels = subjects
+                .iter()
+                .map(|s| per_subject[*s][&reference].1.len())
+                .sum();
         }
         rois.push(RoiComparison {
             hemisphere: key.0,
@@ -209,26 +219,44 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
 /// The comparison as a Markdown table.
 pub fn markdown(cmp: &Comparison) -> String {
     let mut s = String::new();
-    let others: Vec<&String> = cmp.methods.iter().filter(|m| **m != cmp.reference).collect();
+    let others: Vec<&String> = cmp
+        .methods
+        .iter()
+        .filter(|m| **m != cmp.reference)
+        .collect();
     let _ = write!(s, "| hemi | ROI | subjects | voxels |");
     for m in &cmp.methods {
         let _ = write!(s, " mean r {m} | median r {m} |");
     }
     for m in &others {
-        let _ = write!(s, " {} beats {m} (voxels) | paired p vs {m} |", cmp.reference);
+        let _ = write!(
+            s,
+            " {} beats {m} (voxels) | paired p vs {m} |",
+            cmp.reference
+        );
     }
     let _ = writeln!(s);
     let cols = 4 + 2 * cmp.methods.len() + 2 * others.len();
     let _ = writeln!(s, "|{}", "---|".repeat(cols));
     for r in &cmp.rois {
-        let _ = write!(s, "| {} | {} | {} | {} |", r.hemisphere, r.roi, r.subjects.len(), r.voxels);
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} |",
+            r.hemisphere,
+            r.roi,
+            r.subjects.len(),
+            r.voxels
+        );
         for m in &cmp.methods {
             let _ = write!(s, " {:.3} | {:.3} |", r.mean_r[m], r.median_r[m]);
         }
         for m in &others {
             match r.versus.iter().find(|v| &&v.method == m) {
                 Some(v) => {
-                    let p = v.paired_p.map(|p| format!("{p:.3}")).unwrap_or_else(|| "-".into());
+                    let p = v
+                        .paired_p
+                        .map(|p| format!("{p:.3}"))
+                        .unwrap_or_else(|| "-".into());
                     let _ = write!(s, " {:.0}% | {p} |", 100.0 * v.frac_reference_better);
                 }
                 None => {
@@ -244,7 +272,8 @@ pub fn markdown(cmp: &Comparison) -> String {
 fn write(cmp: &Comparison, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| EncodingError::file(out, e))?;
     store::write_json(&out.join("comparison.json"), cmp)?;
-    let mut csv = String::from("hemisphere,roi,method,mean_r,median_r,frac_reference_better,paired_p\n");
+    let mut csv =
+        String::from("hemisphere,roi,method,mean_r,median_r,frac_reference_better,paired_p\n");
     for r in &cmp.rois {
         for m in &cmp.methods {
             let v = r.versus.iter().find(|v| &v.method == m);
@@ -256,12 +285,16 @@ fn write(cmp: &Comparison, out: &Path) -> Result<()> {
                 m,
                 r.mean_r[m],
                 r.median_r[m],
-                v.map(|v| v.frac_reference_better.to_string()).unwrap_or_default(),
-                v.and_then(|v| v.paired_p).map(|p| p.to_string()).unwrap_or_default()
+                v.map(|v| v.frac_reference_better.to_string())
+                    .unwrap_or_default(),
+                v.and_then(|v| v.paired_p)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default()
             );
         }
     }
-    std::fs::write(out.join("comparison.csv"), csv).map_err(|e| EncodingError::file(&out.join("comparison.csv"), e))?;
+    std::fs::write(out.join("comparison.csv"), csv)
+        .map_err(|e| EncodingError::file(&out.join("comparison.csv"), e))?;
     let md = format!(
         "# {} against {}\n\nMean over subjects of each ROI's mean / median held-out r; \"beats\" = share of voxels \
          (all subjects) where the reference has the higher r; paired p = two-sided paired t test of ROI means across subjects.\n\n{}\n![mean r per ROI and method](comparison.png)\n",
@@ -269,14 +302,30 @@ fn write(cmp: &Comparison, out: &Path) -> Result<()> {
         cmp.methods.iter().filter(|m| **m != cmp.reference).cloned().collect::<Vec<_>>().join(", "),
         markdown(cmp)
     );
-    std::fs::write(out.join("comparison.md"), md).map_err(|e| EncodingError::file(&out.join("comparison.md"), e))?;
-    let cats: Vec<String> = cmp.rois.iter().map(|r| format!("{} {}", r.hemisphere, r.roi)).collect();
+    std::fs::write(out.join("comparison.md"), md)
+        .map_err(|e| EncodingError::file(&out.join("comparison.md"), e))?;
+    let cats: Vec<String> = cmp
+        .rois
+        .iter()
+        .map(|r| format!("{} {}", r.hemisphere, r.roi))
+        .collect();
     let series: Vec<(String, Vec<f64>)> = cmp
         .methods
         .iter()
-        .map(|m| (m.clone(), cmp.rois.iter().map(|r| r.mean_r[m] as f64).collect()))
+        .map(|m| {
+            (
+                m.clone(),
+                cmp.rois.iter().map(|r| r.mean_r[m] as f64).collect(),
+            )
+        })
         .collect();
-    plots::grouped_bars(&out.join("comparison.png"), "Mean held-out r per ROI", "mean Pearson r", &cats, &series)?;
+    plots::grouped_bars(
+        &out.join("comparison.png"),
+        "Mean held-out r per ROI",
+        "mean Pearson r",
+        &cats,
+        &series,
+    )?;
     Ok(())
 }
 

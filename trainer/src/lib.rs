@@ -10,11 +10,14 @@ pub mod compare;
 pub mod encoding;
 pub mod error;
 pub mod features;
+pub mod finetune;
 pub mod images;
 pub mod npy;
+pub mod onnx_export;
 pub mod paths;
 pub mod plots;
 pub mod ridge;
 pub mod synth;
+pub mod transfer;
 
 pub use error::DataError;

@@ -1,4 +1,4 @@
-//! PNG figures for reports: grouped bars, scatter plots.
+//! PNG figures for reports: grouped bars, scatter plots, line charts.
 //!
 //! The font is embedded (DejaVu Sans, see assets/fonts/DejaVu-LICENSE.txt) so that
 //! plots render the same on a bare server as on a laptop.
@@ -194,6 +194,163 @@ pub fn scatter(
     root.present().map_err(|e| err(path, e))
 }
 
+/// Line chart of (x, y) series, e.g. training curves (loss per epoch); non-finite
+/// points are skipped, so a series may have gaps.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    labels: (&str, &str),
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<(), PlotError> {
+    register_font();
+    let root = BitMapBackend::new(path, (720, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let pts = series
+        .iter()
+        .flat_map(|(_, p)| p.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    // One point (a single epoch) still gets a visible range.
+    let (px, py) = (((x1 - x0) * 0.02).max(0.5), ((y1 - y0) * 0.08).max(1e-3));
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .x_desc(labels.0)
+        .y_desc(labels.1)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let c = color(i);
+        let finite: Vec<(f64, f64)> = points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        chart
+            .draw_series(LineSeries::new(finite.clone(), c.stroke_width(2)))
+            .map_err(|e| err(path, e))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
+        chart
+            .draw_series(finite.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+            .map_err(|e| err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// A matrix of values in [lo, hi] as coloured cells with the value printed in each
+/// (rows top to bottom, columns left to right).
+pub fn heatmap(
+    path: &Path,
+    title: &str,
+    axis_labels: (&str, &str),
+    rows: &[String],
+    cols: &[String],
+    values: &[Vec<f64>],
+    range: (f64, f64),
+) -> Result<(), PlotError> {
+    register_font();
+    let (nr, nc) = (rows.len().max(1), cols.len().max(1));
+    let root = BitMapBackend::new(path, ((140 + 90 * nc) as u32, (120 + 70 * nr) as u32))
+        .into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0f64..nc as f64, 0f64..nr as f64)
+        .map_err(|e| err(path, e))?;
+    let (rl, cl) = (rows.to_vec(), cols.to_vec());
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(2 * nc + 1)
+        .y_labels(2 * nr + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 0.26 && i < cl.len() {
+                cl[i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|y| {
+            let i = y.floor() as usize;
+            // Row 0 drawn at the top.
+            if (y - y.floor() - 0.5).abs() < 0.26 && i < rl.len() {
+                rl[rl.len() - 1 - i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc(axis_labels.0)
+        .y_desc(axis_labels.1)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(path, e))?;
+    let (lo, hi) = range;
+    for (i, row) in values.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            let y = (nr - 1 - i) as f64;
+            let t = if v.is_finite() {
+                ((v - lo) / (hi - lo).max(1e-12)).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
+            // White (lo) to a saturated blue (hi).
+            let c = RGBColor(
+                (255.0 - 224.0 * t) as u8,
+                (255.0 - 136.0 * t) as u8,
+                (255.0 - 75.0 * t) as u8,
+            );
+            chart
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(j as f64, y), (j as f64 + 1.0, y + 1.0)],
+                    c.filled(),
+                )))
+                .map_err(|e| err(path, e))?;
+            let txt = if v.is_finite() {
+                format!("{v:.2}")
+            } else {
+                "-".into()
+            };
+            let fg = if t > 0.6 { WHITE } else { BLACK };
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    txt,
+                    (j as f64 + 0.35, y + 0.55),
+                    ("sans-serif", 15).into_font().color(&fg),
+                )))
+                .map_err(|e| err(path, e))?;
+        }
+    }
+    root.present().map_err(|e| err(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,7 +379,21 @@ mod tests {
             true,
         )
         .unwrap();
-        for p in [bars, sc] {
+        let lines = dir.path().join("lines.png");
+        line_chart(
+            &lines,
+            "loss per epoch",
+            ("epoch", "loss"),
+            &[
+                ("train".into(), vec![(1.0, 2.0), (2.0, 1.5), (3.0, 1.2)]),
+                (
+                    "validation".into(),
+                    vec![(1.0, 2.2), (2.0, f64::NAN), (3.0, 1.4)],
+                ),
+            ],
+        )
+        .unwrap();
+        for p in [bars, sc, lines] {
             let img = image::open(&p).unwrap().to_rgb8();
             // Some pixels are neither white nor the bar colours: text and axes drew.
             let dark = img

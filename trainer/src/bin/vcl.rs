@@ -33,6 +33,33 @@ enum Command {
     Evaluate(EvaluateArgs),
     /// Compare evaluated runs (untuned, regression, cl, pooled) per ROI.
     Compare(CompareArgs),
+    /// Export a fit's encoders (backbone + PCA + ridge) as verified ONNX models.
+    Export(ExportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// Run directories written by `vcl fit` (repeatable).
+    #[arg(long = "run", required = true)]
+    runs: Vec<PathBuf>,
+    /// Model repository to write into.
+    #[arg(long, default_value = "exports")]
+    out: PathBuf,
+    /// Held-out images each model is checked on (ONNX Runtime against libtorch).
+    #[arg(long, default_value_t = 8)]
+    verify_images: usize,
+    /// Largest relative difference accepted.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f64,
+    /// One model per ROI even where ROIs could share a backbone in one model.
+    #[arg(long)]
+    per_roi: bool,
+    /// libonnxruntime.so to verify with (default: the venv's onnxruntime wheel).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    ort_dylib_path: Option<PathBuf>,
+    /// Commit recorded as provenance (default: asks git).
+    #[arg(long)]
+    git_commit: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -150,6 +177,7 @@ fn main() -> Result<()> {
         Command::Inspect(a) => run_inspect(a),
         Command::Fit(a) => run_fit(a),
         Command::Evaluate(a) => run_evaluate(&a.run),
+        Command::Export(a) => run_export(a),
         Command::Compare(a) => {
             let cmp = vcl_trainer::compare::compare(&a.runs, a.reference.as_deref(), &a.out)
                 .context("comparing runs")?;
@@ -198,8 +226,11 @@ fn run_fit(a: FitArgs) -> Result<()> {
     } else {
         a.subjects.clone()
     };
+    // Stored absolute, so evaluate and export work from any directory.
+    let data_dir = std::fs::canonicalize(&a.data)
+        .with_context(|| format!("dataset folder {}", a.data.display()))?;
     let cfg = FitConfig {
-        data_dir: a.data.clone(),
+        data_dir,
         subjects,
         hemispheres: a.hemispheres.clone(),
         rois: a.rois.clone(),
@@ -245,5 +276,35 @@ fn run_evaluate(run: &std::path::Path) -> Result<()> {
         .with_context(|| format!("evaluating {}", run.display()))?;
     print!("{}", encoding::evaluate::markdown_table(&eval));
     println!("\nreport: {}", run.join("evaluation/results.md").display());
+    Ok(())
+}
+
+fn run_export(a: ExportArgs) -> Result<()> {
+    let opts = vcl_trainer::onnx_export::ExportOptions {
+        verify_images: a.verify_images,
+        tolerance: a.tolerance,
+        ort_dylib: a.ort_dylib_path.clone(),
+        git_commit: a.git_commit.clone(),
+        per_roi: a.per_roi,
+        threads: 0,
+    };
+    println!("| model | version | ROIs | voxels | ONNX Runtime vs libtorch (max rel. diff) |");
+    println!("|---|---:|---:|---:|---:|");
+    for run in &a.runs {
+        let models = vcl_trainer::onnx_export::export(run, &a.out, &opts)
+            .with_context(|| format!("exporting {}", run.display()))?;
+        for m in models {
+            let voxels: usize = m.manifest.rois.iter().map(|r| r.vertices.len()).sum();
+            println!(
+                "| {} | {} | {} | {} | {:.1e} |",
+                m.name,
+                m.version,
+                m.manifest.rois.len(),
+                voxels,
+                m.comparison.max_rel
+            );
+        }
+    }
+    println!("\nmodel repository: {}", a.out.display());
     Ok(())
 }

@@ -11,9 +11,7 @@ use crate::algonauts::Hemisphere;
 use crate::backbones::Arch;
 
 /// How the backbone is tuned.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Method {
     /// The paper's contrastive (InfoNCE) objective between image and fMRI embeddings.
     #[value(name = "cl")]
@@ -112,6 +110,12 @@ pub struct FinetuneConfig {
     pub augment: bool,
     /// float16 autocast with dynamic loss scaling (CUDA only; ignored on the CPU).
     pub mixed_precision: bool,
+    /// Images per backbone forward/backward within a batch; None (the paper): the whole
+    /// batch at once. Smaller values cap memory at one micro-batch's activations while
+    /// the loss still sees the whole batch (every other image stays a negative); the
+    /// backbone's batch-norm then normalizes with per-micro-batch statistics. A batch of
+    /// 1024 at 224 px needs ~80 GB in one pass on the CPU (~35 MB per image at 128 px).
+    pub micro_batch: Option<usize>,
     /// Images per forward pass when computing validation embeddings (memory only).
     pub eval_batch_size: usize,
 }
@@ -155,6 +159,7 @@ impl FinetuneConfig {
             learnable_tau: false,
             augment: false,
             mixed_precision: false,
+            micro_batch: None,
             eval_batch_size: 128,
         }
     }
@@ -165,9 +170,7 @@ impl FinetuneConfig {
 
     /// Rejects values that would fail later or silently train nothing.
     pub fn validate(&self) -> Result<(), FinetuneError> {
-        let bad = |field: &str, why: String| {
-            Err(FinetuneError::Config(format!("{field}: {why}")))
-        };
+        let bad = |field: &str, why: String| Err(FinetuneError::Config(format!("{field}: {why}")));
         if self.subjects.is_empty() {
             return bad("subjects", "name at least one subject".into());
         }
@@ -175,7 +178,10 @@ impl FinetuneConfig {
         seen.sort();
         seen.dedup();
         if seen.len() != self.subjects.len() {
-            return bad("subjects", format!("{:?} lists a subject twice", self.subjects));
+            return bad(
+                "subjects",
+                format!("{:?} lists a subject twice", self.subjects),
+            );
         }
         if self.roi.trim().is_empty() {
             return bad("roi", "name an ROI (e.g. early, V1v+V1d)".into());
@@ -183,7 +189,10 @@ impl FinetuneConfig {
         if self.input_size < 32 {
             return bad(
                 "input_size",
-                format!("{} px is too small for the backbone's strides (>= 32)", self.input_size),
+                format!(
+                    "{} px is too small for the backbone's strides (>= 32)",
+                    self.input_size
+                ),
             );
         }
         if self.epochs == 0 {
@@ -192,8 +201,14 @@ impl FinetuneConfig {
         if self.batch_size < 2 {
             return bad(
                 "batch_size",
-                format!("{} < 2: batch-norm and InfoNCE need two images per batch", self.batch_size),
+                format!(
+                    "{} < 2: batch-norm and InfoNCE need two images per batch",
+                    self.batch_size
+                ),
             );
+        }
+        if self.micro_batch == Some(0) {
+            return bad("micro_batch", "must be at least 1 (or unset)".into());
         }
         if self.eval_batch_size == 0 {
             return bad("eval_batch_size", "must be at least 1".into());
@@ -211,7 +226,10 @@ impl FinetuneConfig {
                 return bad(field, format!("{v} must be a positive number"));
             }
         }
-        for (field, v) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (field, v) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 return bad(field, format!("{v} must be in [0, 1)"));
             }
@@ -261,6 +279,10 @@ mod tests {
         assert_eq!(back, c);
         let mut bad = c.clone();
         bad.batch_size = 1;
-        assert!(bad.validate().unwrap_err().to_string().contains("batch_size"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("batch_size"));
     }
 }

@@ -1,0 +1,10 @@
+//! The one contract between vcl's trainer and server: the model repository's
+//! versioned manifest schema (`manifest`) and the ONNX Runtime loader both sides run
+//! models with (`runtime`). Deliberately small: no libtorch, no HTTP.
+
+pub mod error;
+pub mod manifest;
+pub mod runtime;
+
+pub use error::ContractError;
+pub use manifest::{Manifest, SCHEMA_VERSION};

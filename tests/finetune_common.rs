@@ -1,0 +1,46 @@
+//! Shared by the finetune_* tests: the tiny in-silico brain, synthesized once per test
+//! process, and a small fast fine-tuning config on it.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use vcl_trainer::algonauts::Hemisphere;
+use vcl_trainer::finetune::{FinetuneConfig, Method};
+use vcl_trainer::{paths, synth};
+
+/// Tiny preset, 2 subjects: 48 training images of 64 px each.
+pub fn tiny() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("tiny");
+        synth::synthesize(&synth::SynthConfig {
+            preset: synth::Preset::Tiny,
+            out: out.clone(),
+            seed: 5,
+            subjects: Some(2),
+            photos_dir: paths::photos_dir(),
+        })
+        .expect("tiny synthesis");
+        (dir, out)
+    })
+    .1
+}
+
+/// The paper's recipe shrunk to seconds: 64 px, batch 8, real MobileNetV2 weights.
+pub fn small_config(method: Method, subjects: &[&str], epochs: usize) -> FinetuneConfig {
+    let mut cfg = FinetuneConfig::new(
+        method,
+        tiny().to_path_buf(),
+        subjects.iter().map(|s| s.to_string()).collect(),
+        Hemisphere::Left,
+        "V1v+V1d".into(),
+    );
+    cfg.input_size = 64;
+    cfg.batch_size = 8;
+    cfg.epochs = epochs;
+    cfg.seed = 3;
+    cfg
+}

@@ -1,0 +1,115 @@
+//! The pooled-subject contrastive model and the regression baseline run end to end on
+//! the tiny in-silico brain and leave a backbone `vcl fit --weights` can load.
+
+#[path = "finetune_common.rs"]
+mod common;
+
+use std::collections::HashMap;
+
+use vcl_trainer::backbones::{Backbone, Device};
+use vcl_trainer::finetune::{self, Method};
+
+#[test]
+fn pooled_contrastive_model_trains_on_two_subjects() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let mut cfg = common::small_config(Method::Cl, &["1", "subj02"], 1);
+    cfg.roi = "early".into();
+    // Batches of 8 through the backbone 3 images at a time (the loss still sees 8).
+    cfg.micro_batch = Some(3);
+    let s = finetune::finetune(&cfg, run.path(), false, cache.path(), Device::Cpu).unwrap();
+    assert!(s.completed);
+    assert_eq!(s.subjects.len(), 2);
+    let v: Vec<usize> = s.subjects.iter().map(|x| x.voxels).collect();
+    let dims = s.dims.clone().expect("CL has dims");
+    // METHOD.md: h = mean V over subjects, z = int(0.25 h).
+    assert_eq!(dims.h as usize, (v[0] + v[1]) / 2);
+    assert_eq!(dims.z, (dims.h as f64 * 0.25) as i64);
+    for x in &s.subjects {
+        // 48 images: 7 held out (15%), 4 of the other 41 validate.
+        assert_eq!((x.train_images, x.val_images, x.heldout_images), (37, 4, 7));
+    }
+    let rec = &s.history[0];
+    assert!(rec.train_loss.is_finite() && rec.val_loss.is_some_and(f64::is_finite));
+    let mi = rec.val_mi_bound.expect("CL reports the MI bound");
+    assert!(mi <= 4f64.ln() + 1e-9, "MI bound {mi} above log K");
+    for f in [
+        "config.json",
+        "provenance.json",
+        "history.csv",
+        "loss.png",
+        "mi.png",
+        "summary.json",
+        "backbone.safetensors",
+        "checkpoints/epoch-0001.safetensors",
+    ] {
+        assert!(run.path().join(f).exists(), "{f} missing");
+    }
+    let prov: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.path().join("provenance.json")).unwrap())
+            .unwrap();
+    assert_eq!(prov["dataset_fingerprint"].as_str().map(str::len), Some(64));
+    assert!(prov["git_commit"].is_string());
+    let tuned = Backbone::load(
+        cfg.arch,
+        &run.path().join("backbone.safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(tuned.weights_hash(), s.backbone_hash);
+    // Both subjects' fMRI maps trained in one model.
+    let l =
+        finetune::checkpoint::read(&run.path().join("checkpoints/epoch-0001.safetensors")).unwrap();
+    for subj in ["subj01", "subj02"] {
+        assert!(l
+            .tensors
+            .contains_key(&format!("heads.fmri_map.{subj}.weight")));
+    }
+}
+
+#[test]
+fn regression_baseline_trains_and_respects_frozen_layers() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let mut cfg = common::small_config(Method::Regression, &["subj01"], 2);
+    cfg.freeze = vec!["features.0..features.3".into()];
+    let s = finetune::finetune(&cfg, run.path(), false, cache.path(), Device::Cpu).unwrap();
+    assert!(s.completed && s.history.len() == 2 && s.dims.is_none());
+    for r in &s.history {
+        assert!(r.train_loss.is_finite() && r.val_mi_bound.is_none());
+    }
+    assert!(s.frozen_variables > 0);
+    let csv = std::fs::read_to_string(run.path().join("history.csv")).unwrap();
+    assert!(csv.starts_with("epoch,train_loss,val_loss,val_mi_bound,images_per_s"));
+
+    let initial = Backbone::load(cfg.arch, &cfg.weights, Device::Cpu).unwrap();
+    let tuned = Backbone::load(
+        cfg.arch,
+        &run.path().join("backbone.safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let before: HashMap<String, _> = initial.var_store().variables();
+    let after: HashMap<String, _> = tuned.var_store().variables();
+    let same = |k: &str| before[k].equal(&after[k]);
+    assert!(same("features.0.0.weight"), "a frozen conv changed");
+    assert!(same("features.3.conv.0.0.weight"), "a frozen conv changed");
+    assert!(
+        !same("features.4.conv.0.0.weight"),
+        "a trained conv did not change"
+    );
+    assert!(!same("classifier.1.weight"));
+
+    // A typo in --freeze is an error, not a silently unfrozen network.
+    let mut typo = cfg.clone();
+    typo.freeze = vec!["feature.0".into()];
+    let other = tempfile::tempdir().unwrap();
+    let e = finetune::finetune(&typo, other.path(), false, cache.path(), Device::Cpu)
+        .err()
+        .expect("unknown freeze prefix")
+        .to_string();
+    assert!(
+        e.contains("feature.0") && e.contains("matches no variable"),
+        "{e}"
+    );
+}

@@ -1,0 +1,120 @@
+//! One contrastive training step (MobileNetV2 -> CL heads -> InfoNCE -> backward ->
+//! Adam) timed on the CPU, with and without `finetune::tune_allocator`, to measure
+//! what glibc's default malloc costs libtorch training.
+//!
+//! cargo run --release -p vcl-trainer --example finetune_bench -- --size 128 --batch 64
+//! (add --no-tune for glibc's defaults; run each in its own process: mallopt is global).
+
+use std::time::Instant;
+
+use clap::Parser;
+use tch::{Device, Kind, Tensor};
+use vcl_trainer::backbones::{Arch, Backbone};
+use vcl_trainer::finetune::{self, Adam, AdamConfig, ClDims, ClLoss, ContrastiveHeads};
+
+#[derive(Parser, Debug)]
+struct Args {
+    #[arg(long, default_value_t = 128)]
+    size: i64,
+    #[arg(long, default_value_t = 64)]
+    batch: i64,
+    /// Voxels of the simulated ROI.
+    #[arg(long, default_value_t = 500)]
+    voxels: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Leave glibc malloc at its defaults.
+    #[arg(long)]
+    no_tune: bool,
+}
+
+/// (minor page faults, peak resident KiB) of this process, from /proc.
+fn proc_stats() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Field 10 (minflt), counted after the parenthesised command name.
+    let minflt = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(7))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (minflt, hwm)
+}
+
+fn main() {
+    let args = Args::parse();
+    let tuning = if args.no_tune {
+        None
+    } else {
+        Some(finetune::tune_allocator())
+    };
+    let backbone = Backbone::pretrained(Arch::MobileNetV2, Device::Cpu)
+        .unwrap_or_else(|_| Backbone::random(Arch::MobileNetV2, Device::Cpu, 0));
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let dims = ClDims::paper(&[args.voxels], 0.8, 0.2, 0.25).expect("voxels >= 5");
+    let loss_cfg = ClLoss {
+        tau: 0.3,
+        learnable_tau: false,
+        symmetric: false,
+    };
+    let heads = ContrastiveHeads::new(&vs.root(), &dims, &["s".into()], loss_cfg, 0);
+    let mut params: Vec<(String, Tensor)> = backbone
+        .var_store()
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    params.extend(
+        vs.variables()
+            .into_iter()
+            .map(|(k, t)| (format!("h.{k}"), t)),
+    );
+    let mut adam = Adam::new(
+        AdamConfig {
+            lr: 1e-4,
+            ..AdamConfig::default()
+        },
+        params,
+    );
+    let x = Tensor::randn(
+        [args.batch, 3, args.size, args.size],
+        (Kind::Float, Device::Cpu),
+    );
+    let y = Tensor::randn([args.batch, args.voxels as i64], (Kind::Float, Device::Cpu));
+    let mut step = || {
+        adam.zero_grad();
+        let loss = heads.loss(&backbone.logits(&x, true), 0, &y, true);
+        loss.backward();
+        adam.step();
+        loss.double_value(&[])
+    };
+    step();
+    let (f0, _) = proc_stats();
+    let t0 = Instant::now();
+    for _ in 0..args.steps {
+        step();
+    }
+    let secs = t0.elapsed().as_secs_f64() / args.steps as f64;
+    let (f1, hwm) = proc_stats();
+    println!(
+        "malloc {}: {} px, batch {}, {} threads: {:.3} s/step, {:.1} images/s, {} page faults/step, peak RSS {:.2} GiB",
+        match &tuning {
+            Some(t) => format!("tuned ({t:?})"),
+            None => "glibc defaults".into(),
+        },
+        args.size,
+        args.batch,
+        tch::get_num_threads(),
+        secs,
+        args.batch as f64 / secs,
+        (f1 - f0) / args.steps as u64,
+        hwm as f64 / (1u64 << 20) as f64
+    );
+}

@@ -1,0 +1,185 @@
+//! Checkpoints: everything a killed run needs to continue as if it never stopped.
+//!
+//! One safetensors file per completed epoch, `RUN/checkpoints/epoch-NNNN.safetensors`,
+//! holding `backbone.<torchvision name>`, `heads.<name>`, `adam.{m,v}.<trained name>`
+//! and `meta`, a uint8 tensor of JSON ([`CheckpointMeta`]: epoch, optimizer step,
+//! loss scale, history, config, dataset fingerprint). Keeping the metadata inside the
+//! one file makes each checkpoint a single atomic rename (`.partial` then rename): a
+//! reader sees a whole checkpoint or none. The newest two are kept, so a checkpoint
+//! damaged after its rename still leaves a good one.
+//!
+//! No RNG state is stored: data order, dropout and augmentation are seeded from
+//! (seed, epoch[, batch]) at the start of each epoch, so the epoch number is the state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::{EpochRecord, FinetuneConfig, FinetuneError};
+
+const FORMAT: u32 = 1;
+const KEEP: usize = 2;
+const META: &str = "meta";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    /// Epochs completed (1-based count).
+    pub epoch: usize,
+    pub adam_step: u64,
+    /// Dynamic loss scale of mixed precision (and its count of good steps).
+    pub loss_scale: Option<(f64, u64)>,
+    pub history: Vec<EpochRecord>,
+    pub config: FinetuneConfig,
+    pub dataset_fingerprint: String,
+    /// Names of the trained variables (optimizer state keys), sorted.
+    pub trained: Vec<String>,
+}
+
+pub struct Loaded {
+    pub path: PathBuf,
+    pub meta: CheckpointMeta,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+pub fn dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+fn file_name(epoch: usize) -> String {
+    format!("epoch-{epoch:04}.safetensors")
+}
+
+/// Checkpoint files of `run`, newest first.
+pub fn list(run: &Path) -> Result<Vec<(usize, PathBuf)>, FinetuneError> {
+    let d = dir(run);
+    if !d.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&d).map_err(|e| FinetuneError::io(&d, e))? {
+        let entry = entry.map_err(|e| FinetuneError::io(&d, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let epoch = name
+            .strip_prefix("epoch-")
+            .and_then(|r| r.strip_suffix(".safetensors"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(e) = epoch {
+            out.push((e, entry.path()));
+        }
+    }
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
+    Ok(out)
+}
+
+/// Writes a checkpoint atomically and prunes all but the newest `KEEP`.
+pub fn save(
+    run: &Path,
+    meta: &CheckpointMeta,
+    tensors: Vec<(String, Tensor)>,
+) -> Result<PathBuf, FinetuneError> {
+    let d = dir(run);
+    std::fs::create_dir_all(&d).map_err(|e| FinetuneError::io(&d, e))?;
+    let path = d.join(file_name(meta.epoch));
+    let fail = |reason: String| FinetuneError::Checkpoint {
+        path: path.clone(),
+        reason,
+    };
+    let json = serde_json::to_vec(meta).map_err(|e| fail(e.to_string()))?;
+    let mut cpu: Vec<(String, Tensor)> = tensors
+        .into_iter()
+        .map(|(k, t)| (k, t.detach().to_device(Device::Cpu).contiguous()))
+        .collect();
+    cpu.push((META.to_string(), Tensor::from_slice(&json)));
+    let tmp = d.join(format!("{}.partial", file_name(meta.epoch)));
+    Tensor::write_safetensors(&cpu, &tmp).map_err(|e| fail(e.to_string()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| FinetuneError::io(&path, e))?;
+    for (_, old) in list(run)?.into_iter().skip(KEEP) {
+        if let Err(e) = std::fs::remove_file(&old) {
+            tracing::warn!(path = %old.display(), error = %e, "cannot remove an old checkpoint");
+        }
+    }
+    Ok(path)
+}
+
+pub fn read(path: &Path) -> Result<Loaded, FinetuneError> {
+    let fail = |reason: String| FinetuneError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| fail(e.to_string()))?
+        .into_iter()
+        .collect();
+    let meta = tensors
+        .get(META)
+        .ok_or_else(|| fail("no `meta` entry: not a vcl fine-tuning checkpoint".into()))?;
+    if meta.kind() != Kind::Uint8 {
+        return Err(fail(format!(
+            "`meta` is {:?}, expected uint8 JSON",
+            meta.kind()
+        )));
+    }
+    let bytes = Vec::<u8>::try_from(meta).map_err(|e| fail(e.to_string()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_slice(&bytes).map_err(|e| fail(format!("`meta` JSON: {e}")))?;
+    if meta.format != FORMAT {
+        return Err(fail(format!(
+            "checkpoint format {} (this vcl reads {FORMAT})",
+            meta.format
+        )));
+    }
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        meta,
+        tensors,
+    })
+}
+
+/// The newest checkpoint of `run` that reads, or None. An unreadable newer one (cut
+/// short by a crash after its rename, or damaged) is skipped with a warning.
+pub fn latest(run: &Path) -> Result<Option<Loaded>, FinetuneError> {
+    for (_, path) in list(run)? {
+        match read(&path) {
+            Ok(l) => return Ok(Some(l)),
+            Err(e) => tracing::warn!(error = %e, "skipping unreadable checkpoint"),
+        }
+    }
+    Ok(None)
+}
+
+/// Copies `tensors[prefix + name]` into every variable of `vars`, checking shapes.
+pub fn restore_vars(
+    path: &Path,
+    prefix: &str,
+    vars: &BTreeMap<String, Tensor>,
+    tensors: &BTreeMap<String, Tensor>,
+) -> Result<(), FinetuneError> {
+    tch::no_grad(|| {
+        for (name, dst) in vars {
+            let key = format!("{prefix}{name}");
+            let src = tensors.get(&key).ok_or_else(|| FinetuneError::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("{key} is missing"),
+            })?;
+            if src.size() != dst.size() {
+                return Err(FinetuneError::Checkpoint {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "{key} has shape {:?}, the model {:?}",
+                        src.size(),
+                        dst.size()
+                    ),
+                });
+            }
+            let mut dst = dst.shallow_clone();
+            dst.f_copy_(src).map_err(|e| FinetuneError::Checkpoint {
+                path: path.to_path_buf(),
+                reason: format!("{key}: {e}"),
+            })?;
+        }
+        Ok(())
+    })
+}
