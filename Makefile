@@ -24,12 +24,39 @@ build: setup
 DEMO_RUN ?= runs/demo
 DEMO_SIZE ?= 128
 
+# The paper's method on one early ROI: contrastive fine-tuning, then the same encoder
+# fit on the tuned backbone, compared with the untuned one. DEMO_REGRESSION=1 also runs
+# the regression baseline (75 epochs: about as long again).
+DEMO_ROI ?= V1v+V1d
+DEMO_FIT_ROIS ?= V1v,V1d
+DEMO_REGRESSION ?= 0
+
 demo: build
 	$(VCL) synth --preset demo --out $(DEMO_DATA) --seed $(DEMO_SEED)
 	$(VCL) inspect $(DEMO_DATA)
 	$(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh,rh --backbone mobilenet_v2 \
 	  --input-size $(DEMO_SIZE) --method untuned --out $(DEMO_RUN)/untuned --evaluate
-	$(VCL) export --run $(DEMO_RUN)/untuned --out exports
+	rm -rf $(DEMO_RUN)/cl
+	$(VCL) finetune --data $(DEMO_DATA) --subjects 1 --hemisphere lh --roi $(DEMO_ROI) --method cl \
+	  --input-size $(DEMO_SIZE) --out $(DEMO_RUN)/cl
+	$(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh --rois $(DEMO_FIT_ROIS) \
+	  --input-size $(DEMO_SIZE) --weights $(DEMO_RUN)/cl/backbone.safetensors --method cl \
+	  --out $(DEMO_RUN)/cl-fit --evaluate
+	if [ "$(DEMO_REGRESSION)" = 1 ]; then \
+	  rm -rf $(DEMO_RUN)/regression && \
+	  $(VCL) finetune --data $(DEMO_DATA) --subjects 1 --hemisphere lh --roi $(DEMO_ROI) \
+	    --method regression --input-size $(DEMO_SIZE) --out $(DEMO_RUN)/regression && \
+	  $(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh --rois $(DEMO_FIT_ROIS) \
+	    --input-size $(DEMO_SIZE) --weights $(DEMO_RUN)/regression/backbone.safetensors \
+	    --method regression --out $(DEMO_RUN)/regression-fit --evaluate && \
+	  $(VCL) compare $(DEMO_RUN)/untuned $(DEMO_RUN)/regression-fit $(DEMO_RUN)/cl-fit --out $(DEMO_RUN)/compare; \
+	else \
+	  $(VCL) compare $(DEMO_RUN)/untuned $(DEMO_RUN)/cl-fit --out $(DEMO_RUN)/compare; \
+	fi
+	rm -rf exports/subj01-lh-untuned-mobilenet_v2 exports/subj01-rh-untuned-mobilenet_v2 \
+	  exports/subj01-lh-V1v-cl-mobilenet_v2 exports/subj01-lh-V1d-cl-mobilenet_v2
+	$(VCL) export --run $(DEMO_RUN)/untuned --run $(DEMO_RUN)/cl-fit --out exports
+	scripts/demo_serve.sh exports subj01-lh-untuned-mobilenet_v2
 
 fmt:
 	cargo fmt --all --check

@@ -105,8 +105,7 @@ fn regression_baseline_trains_and_respects_frozen_layers() {
     typo.freeze = vec!["feature.0".into()];
     let other = tempfile::tempdir().unwrap();
     let e = finetune::finetune(&typo, other.path(), false, cache.path(), Device::Cpu)
-        .err()
-        .expect("unknown freeze prefix")
+        .expect_err("unknown freeze prefix")
         .to_string();
     assert!(
         e.contains("feature.0") && e.contains("matches no variable"),

@@ -48,8 +48,7 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
 
     // Without --resume the run directory is not overwritten.
     let refused = finetune::finetune(&cfg, split.path(), false, cache.path(), Device::Cpu)
-        .err()
-        .expect("a run with checkpoints must not restart silently");
+        .expect_err("a run with checkpoints must not restart silently");
     assert!(
         matches!(refused, FinetuneError::Resume { .. }) && refused.to_string().contains("--resume"),
         "{refused}"
@@ -95,8 +94,7 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
         ..Hooks::default()
     };
     let err = finetune_with(&cfg, &opts(run.path(), cache.path(), false, hooks))
-        .err()
-        .expect("a NaN loss must stop the run");
+        .expect_err("a NaN loss must stop the run");
     let msg = err.to_string();
     match &err {
         FinetuneError::NonFinite {

@@ -232,6 +232,14 @@ pub fn line_chart(
         .configure_mesh()
         .x_desc(labels.0)
         .y_desc(labels.1)
+        // Whole numbers (epochs) without a trailing ".0".
+        .x_label_formatter(&|x| {
+            if x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.2}")
+            }
+        })
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(|e| err(path, e))?;

@@ -1,73 +1,54 @@
-//! `vcl-serve`: loads ONNX Runtime and the model repository.
-//!
-//! At this stage it loads the runtime and every `model.onnx` it finds, runs nothing
-//! over HTTP yet, and reports what it loaded and on which execution provider.
+//! `vcl-serve`: loads ONNX Runtime and every model of the repository, warms each up,
+//! and serves them over HTTP until SIGTERM / Ctrl-C (in-flight requests drain).
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use vcl_server::runtime::{self, DeviceChoice, Runtime};
+use vcl_server::http::{configure, AppState};
+use vcl_server::repository::{self, Repository};
+use vcl_server::Config;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "vcl-serve",
-    version,
-    about = "Serve vcl voxel encoders (ONNX Runtime)"
-)]
-struct Args {
-    /// Model repository: <repo>/<model>/<version>/model.onnx + manifest.json.
-    #[arg(long, env = "VCL_MODEL_REPOSITORY", default_value = "exports")]
-    model_repository: PathBuf,
-    /// libonnxruntime.so to load (default: the project's .venv onnxruntime wheel).
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    ort_dylib_path: Option<PathBuf>,
-    #[arg(long, env = "VCL_DEVICE", value_enum, default_value = "auto")]
-    device: DeviceChoice,
-}
-
-fn main() -> Result<()> {
+#[actix_web::main]
+async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let args = Args::parse();
-    let dylib = match args.ort_dylib_path {
-        Some(p) => p,
-        None => runtime::default_dylib_path()?,
-    };
-    let rt = Runtime::load(&dylib)?;
-    let mut models = Vec::new();
-    if args.model_repository.is_dir() {
-        for model in std::fs::read_dir(&args.model_repository)
-            .with_context(|| format!("reading {}", args.model_repository.display()))?
-            .flatten()
-        {
-            if let Ok(versions) = std::fs::read_dir(model.path()) {
-                for v in versions.flatten() {
-                    let onnx = v.path().join("model.onnx");
-                    if onnx.exists() {
-                        models.push(onnx);
-                    }
-                }
-            }
-        }
+    let cfg = Config::parse();
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    let handle = vcl_server::metrics::prometheus_builder()
+        .install_recorder()
+        .context("installing the Prometheus recorder")?;
+    vcl_server::metrics::describe();
+    let rt = repository::runtime(&cfg)?;
+    let repo = Repository::load_ort(&cfg, rt)?;
+    tracing::info!(
+        models = repo.models.len(),
+        repository = %cfg.model_repository.display(),
+        "serving on http://{}:{}",
+        cfg.host,
+        cfg.port
+    );
+    let state = actix_web::web::Data::new(AppState {
+        repo: Arc::new(repo),
+        cfg: Arc::new(cfg.clone()),
+        render_metrics: Arc::new(move || handle.render()),
+    });
+    let mut server = actix_web::HttpServer::new(move || {
+        actix_web::App::new().configure(configure(state.clone()))
+    })
+    .shutdown_timeout(cfg.request_timeout().as_secs().max(1) + 1);
+    if cfg.http_workers > 0 {
+        server = server.workers(cfg.http_workers);
     }
-    models.sort();
-    for m in &models {
-        match rt.session(m, args.device, 0) {
-            Ok((session, provider)) => tracing::info!(
-                model = %m.display(),
-                ?provider,
-                inputs = ?session.inputs().iter().map(|i| i.name().to_string()).collect::<Vec<_>>(),
-                outputs = ?session.outputs().iter().map(|o| o.name().to_string()).collect::<Vec<_>>(),
-                "model loaded"
-            ),
-            Err(e) => tracing::error!(model = %m.display(), error = %e, "model refused"),
-        }
-    }
-    tracing::info!(models = models.len(), repository = %args.model_repository.display(), "done");
+    server
+        .bind((cfg.host.as_str(), cfg.port))
+        .with_context(|| format!("binding {}:{}", cfg.host, cfg.port))?
+        .run()
+        .await?;
+    tracing::info!("stopped");
     Ok(())
 }

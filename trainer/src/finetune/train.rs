@@ -208,6 +208,7 @@ pub fn finetune_with(
     // Resume, or refuse to overwrite a run that has checkpoints.
     let mut history: Vec<EpochRecord> = Vec::new();
     let mut resumed_from = None;
+    let mut start_epoch = 0;
     let existing = checkpoint::list(run)?;
     if opts.resume {
         match checkpoint::latest(run)? {
@@ -215,7 +216,9 @@ pub fn finetune_with(
                 t.restore(&l, &fingerprint)?;
                 tracing::info!(path = %l.path.display(), epoch = l.meta.epoch, "resuming");
                 resumed_from = Some(l.meta.epoch);
+                start_epoch = l.meta.epoch;
                 history = l.meta.history;
+                history.truncate(start_epoch);
             }
             None => {
                 tracing::info!(run = %run.display(), "no checkpoint to resume from: starting fresh")
@@ -245,7 +248,6 @@ pub fn finetune_with(
         }),
     )?;
 
-    let start_epoch = history.len();
     if start_epoch > cfg.epochs {
         tracing::warn!(
             checkpoint_epochs = start_epoch,

@@ -1,0 +1,92 @@
+//! Metric names and the calls that record them, through the `metrics` facade: each is
+//! recorded where its fact is known; only `main` (or a test) installs an exporter.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+pub const REQUESTS: &str = "vcl_requests_total";
+pub const REQUEST_SECONDS: &str = "vcl_request_duration_seconds";
+pub const QUEUE_SECONDS: &str = "vcl_queue_duration_seconds";
+pub const INFERENCE_SECONDS: &str = "vcl_inference_duration_seconds";
+pub const BATCH_SIZE: &str = "vcl_batch_size";
+pub const QUEUE_DEPTH: &str = "vcl_queue_depth";
+pub const IMAGES: &str = "vcl_images_total";
+pub const DROPPED: &str = "vcl_dropped_total";
+pub const MODEL_INFO: &str = "vcl_model_info";
+
+/// Describes every metric (call once, after installing a recorder).
+pub fn describe() {
+    metrics::describe_counter!(REQUESTS, "HTTP requests by model, route and status");
+    metrics::describe_histogram!(REQUEST_SECONDS, metrics::Unit::Seconds, "request time");
+    metrics::describe_histogram!(
+        QUEUE_SECONDS,
+        metrics::Unit::Seconds,
+        "time an entry waited for its batch"
+    );
+    metrics::describe_histogram!(
+        INFERENCE_SECONDS,
+        metrics::Unit::Seconds,
+        "backend time per batch"
+    );
+    metrics::describe_histogram!(BATCH_SIZE, "images per inference batch");
+    metrics::describe_gauge!(QUEUE_DEPTH, "images waiting for a batch");
+    metrics::describe_counter!(IMAGES, "images inferred (rate(): images per second)");
+    metrics::describe_counter!(
+        DROPPED,
+        "queue entries dropped: client gone or deadline passed"
+    );
+    metrics::describe_gauge!(MODEL_INFO, "1 per served model, with version and provider");
+}
+
+/// Histogram buckets for the exporter: seconds and batch sizes.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// A Prometheus recorder with this server's buckets, built (not installed).
+pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .expect("buckets")
+        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)
+        .expect("buckets")
+}
+
+pub fn request(model: &str, route: &'static str, status: u16, took: Duration) {
+    counter!(REQUESTS, "model" => model.to_string(), "route" => route, "status" => status.to_string())
+        .increment(1);
+    histogram!(REQUEST_SECONDS, "model" => model.to_string(), "route" => route)
+        .record(took.as_secs_f64());
+}
+
+pub fn queue_time(model: &str, took: Duration) {
+    histogram!(QUEUE_SECONDS, "model" => model.to_string()).record(took.as_secs_f64());
+}
+
+pub fn inference_time(model: &str, took: Duration) {
+    histogram!(INFERENCE_SECONDS, "model" => model.to_string()).record(took.as_secs_f64());
+}
+
+pub fn batch_size(model: &str, n: usize) {
+    histogram!(BATCH_SIZE, "model" => model.to_string()).record(n as f64);
+}
+
+pub fn queue_depth(model: &str, delta: f64) {
+    gauge!(QUEUE_DEPTH, "model" => model.to_string()).increment(delta);
+}
+
+pub fn images(model: &str, n: usize) {
+    counter!(IMAGES, "model" => model.to_string()).increment(n as u64);
+}
+
+pub fn dropped(model: &str, reason: &'static str) {
+    counter!(DROPPED, "model" => model.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn model_info(model: &str, version: u32, provider: &str) {
+    gauge!(MODEL_INFO, "model" => model.to_string(), "version" => version.to_string(), "provider" => provider.to_string())
+        .set(1.0);
+}

@@ -1,0 +1,583 @@
+//! The HTTP API over the fake backend: answers, every bad-input status with its JSON
+//! error, overload (429), deadlines (503), auth, batching and metrics.
+
+use std::io::Cursor;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{test, web, App};
+use base64::Engine;
+use serde_json::{json, Value};
+use vcl_server::backend::FakeBackend;
+use vcl_server::decode;
+use vcl_server::http::{configure, AppState};
+use vcl_server::infer::{Model, Origin};
+use vcl_server::repository::Repository;
+use vcl_server::runtime::Provider;
+use vcl_server::{testing, Config};
+
+const SIZE: u32 = 8;
+/// ROIs R, G, B read one voxel each (channel means); "all" reads three.
+const ROIS: &[(&str, usize)] = &[("R", 1), ("G", 1), ("B", 1), ("all", 3)];
+
+fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static H: OnceLock<metrics_exporter_prometheus::PrometheusHandle> = OnceLock::new();
+    H.get_or_init(|| {
+        let h = vcl_server::metrics::prometheus_builder()
+            .install_recorder()
+            .unwrap();
+        vcl_server::metrics::describe();
+        h
+    })
+}
+
+struct Fixture {
+    state: web::Data<AppState>,
+    batches: Arc<std::sync::Mutex<Vec<usize>>>,
+    fake: FakeBackend,
+}
+
+fn fixture(cfg: Config, tweak: impl FnOnce(&mut FakeBackend)) -> Fixture {
+    let handle = metrics_handle();
+    let manifest = testing::manifest("fake-model", SIZE, ROIS);
+    let mut fake = FakeBackend::new(&manifest);
+    tweak(&mut fake);
+    let batches = fake.batches.clone();
+    let expect = FakeBackend::new(&manifest);
+    let origin = Origin {
+        provider: Provider::Cpu,
+        versions: vec![1],
+        dir: "/nowhere".into(),
+    };
+    let model = Model::spawn(manifest, origin, Box::new(fake), &cfg);
+    let mut repo = Repository::default();
+    repo.models.insert("fake-model".into(), Arc::new(model));
+    for _ in 0..200 {
+        if repo.all_ready() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(repo.all_ready());
+    Fixture {
+        state: web::Data::new(AppState {
+            repo: Arc::new(repo),
+            cfg: Arc::new(cfg),
+            render_metrics: Arc::new(|| handle.render()),
+        }),
+        batches,
+        fake: expect,
+    }
+}
+
+fn png(w: u32, h: u32, rgb: [u8; 3]) -> String {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut buf = Vec::new();
+    img.write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
+        .unwrap();
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+macro_rules! app {
+    ($f:expr) => {
+        test::init_service(App::new().configure(configure($f.state.clone()))).await
+    };
+}
+
+macro_rules! send {
+    ($app:expr, $req:expr) => {{
+        let resp = test::call_service($app, $req.to_request()).await;
+        let status = resp.status();
+        let body = test::read_body(resp).await;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, v)
+    }};
+}
+
+fn post_json(path: &str, body: Value) -> test::TestRequest {
+    test::TestRequest::post().uri(path).set_json(body)
+}
+
+/// An error answer: its status and a JSON body naming it.
+fn assert_error(got: &(StatusCode, Value), status: u16, kind: &str) {
+    assert_eq!(got.0.as_u16(), status, "{}", got.1);
+    assert_eq!(got.1["status"], status, "{}", got.1);
+    assert_eq!(got.1["kind"], kind, "{}", got.1);
+    assert!(
+        got.1["error"].as_str().is_some_and(|s| !s.is_empty()),
+        "{}",
+        got.1
+    );
+}
+
+#[actix_web::test]
+async fn predicts_voxels_and_rois_in_json_and_npy() {
+    let f = fixture(Config::defaults(), |_| {});
+    let app = app!(f);
+    let imgs = vec![png(20, 12, [255, 0, 0]), png(8, 8, [0, 51, 255])];
+    let (s, v) = send!(
+        &app,
+        post_json("/v1/models/fake-model/predict", json!({"images": imgs}))
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["model"], "fake-model");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["rois"][3], json!({"name": "all", "start": 3, "end": 6}));
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    assert_eq!(preds[0].as_array().unwrap().len(), 6);
+    let red = f
+        .fake
+        .expected(&[vec![1.0; 64], vec![0.0; 64], vec![0.0; 64]].concat())
+        .0;
+    for (a, b) in preds[0].as_array().unwrap().iter().zip(&red) {
+        assert!((a.as_f64().unwrap() as f32 - b).abs() < 1e-5);
+    }
+    // reduce=roi, in the body or the query.
+    let (s, v) = send!(
+        &app,
+        post_json(
+            "/v1/models/fake-model/predict",
+            json!({"images": [png(4, 4, [0, 0, 255])], "reduce": "roi"})
+        )
+    );
+    assert_eq!(s, 200);
+    let roi = v["predictions"][0].as_array().unwrap();
+    assert_eq!(roi.len(), 4);
+    assert!((roi[2].as_f64().unwrap() - 1.002).abs() < 1e-5, "{v}");
+
+    // .npy in and out.
+    let pixels: Vec<f32> = (0..2 * 3 * 64).map(|i| (i % 7) as f32 / 7.0).collect();
+    let body = decode::write_npy(&[2, 3, 8, 8], &pixels);
+    let req = test::TestRequest::post()
+        .uri("/v1/models/fake-model/predict?reduce=roi")
+        .insert_header(("content-type", "application/x-npy"))
+        .insert_header(("accept", "application/x-npy"))
+        .set_payload(body);
+    let resp = test::call_service(&app, req.to_request()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/x-npy"
+    );
+    let bytes = test::read_body(resp).await;
+    let (shape, values) = decode::read_npy(&bytes).unwrap();
+    assert_eq!(shape, vec![2, 4]);
+    assert_eq!(values[..4], f.fake.expected(&pixels[..192]).1[..]);
+}
+
+#[actix_web::test]
+async fn bad_input_gets_the_documented_status() {
+    let mut cfg = Config::defaults();
+    cfg.max_request_images = 3;
+    cfg.max_body_bytes = 100_000;
+    cfg.max_image_side = 1000;
+    let f = fixture(cfg, |_| {});
+    let app = app!(f);
+    let p = "/v1/models/fake-model/predict";
+    let ok = png(4, 4, [1, 2, 3]);
+    let junk = base64::engine::general_purpose::STANDARD.encode(b"GIF89a? no, just text");
+    assert_error(
+        &send!(&app, post_json(p, json!({"images": ["@@not base64@@"]}))),
+        400,
+        "bad_base64",
+    );
+    assert_error(
+        &send!(&app, post_json(p, json!({"images": [ok, junk]}))),
+        422,
+        "not_an_image",
+    );
+    assert_error(
+        &send!(&app, post_json(p, json!({"images": []}))),
+        400,
+        "empty_batch",
+    );
+    assert_error(
+        &send!(
+            &app,
+            post_json(p, json!({"images": vec![png(4, 4, [0; 3]); 4]}))
+        ),
+        413,
+        "batch_too_large",
+    );
+    assert_error(
+        &send!(&app, post_json(p, json!({"pictures": []}))),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &send!(
+            &app,
+            test::TestRequest::post()
+                .uri(p)
+                .insert_header(("content-type", "application/json"))
+                .set_payload("{not json")
+        ),
+        400,
+        "invalid_json",
+    );
+    assert_error(
+        &send!(
+            &app,
+            post_json(p, json!({"images": [png(5000, 4, [0; 3])]}))
+        ),
+        422,
+        "image_too_large",
+    );
+    let big = "A".repeat(200_000);
+    assert_error(
+        &send!(&app, post_json(p, json!({"images": [big]}))),
+        413,
+        "body_too_large",
+    );
+    assert_error(
+        &send!(
+            &app,
+            test::TestRequest::post()
+                .uri(p)
+                .insert_header(("content-type", "text/plain"))
+                .set_payload("hi")
+        ),
+        415,
+        "unsupported_media_type",
+    );
+    assert_error(
+        &send!(&app, test::TestRequest::post().uri(p).set_payload("hi")),
+        415,
+        "unsupported_media_type",
+    );
+    let npy = |shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        test::TestRequest::post()
+            .uri(p)
+            .insert_header(("content-type", "application/x-npy"))
+            .set_payload(decode::write_npy(shape, &vec![0.5; n]))
+    };
+    assert_error(&send!(&app, npy(&[1, 3, 8, 9])), 422, "bad_tensor");
+    assert_error(&send!(&app, npy(&[3, 8, 8])), 422, "bad_tensor");
+    assert_error(&send!(&app, npy(&[0, 3, 8, 8])), 400, "empty_batch");
+    let f64_body = String::from_utf8_lossy(&decode::write_npy(&[1, 3, 8, 8], &[0.0; 192]))
+        .replace("<f4", "<f8");
+    assert_error(
+        &send!(
+            &app,
+            test::TestRequest::post()
+                .uri(p)
+                .insert_header(("content-type", "application/x-npy"))
+                .set_payload(f64_body.into_bytes())
+        ),
+        422,
+        "bad_tensor",
+    );
+    assert_error(
+        &send!(
+            &app,
+            post_json("/v1/models/nope/predict", json!({"images": []}))
+        ),
+        404,
+        "model_not_found",
+    );
+    assert_error(
+        &send!(
+            &app,
+            test::TestRequest::get().uri("/v1/models/..%2F..%2Fetc")
+        ),
+        400,
+        "invalid_model_name",
+    );
+    assert_error(
+        &send!(
+            &app,
+            post_json("/v1/models/..%2Ffake-model/predict", json!({"images": []}))
+        ),
+        400,
+        "invalid_model_name",
+    );
+    assert_error(
+        &send!(&app, test::TestRequest::get().uri("/v1/nothing")),
+        404,
+        "route_not_found",
+    );
+    // None of it disturbed the model.
+    let (s, _) = send!(&app, post_json(p, json!({"images": [png(4, 4, [9; 3])]})));
+    assert_eq!(s, 200);
+}
+
+#[actix_web::test]
+async fn overload_is_429_with_retry_after_and_deadline_is_503() {
+    let mut cfg = Config::defaults();
+    cfg.max_queue_length = 2;
+    cfg.max_request_images = 2;
+    cfg.request_timeout_ms = 150;
+    let f = fixture(cfg, |b| b.delay = Duration::from_millis(400));
+    let app = app!(f);
+    let req = || {
+        post_json(
+            "/v1/models/fake-model/predict",
+            json!({"images": [png(4, 4, [1; 3]), png(4, 4, [2; 3])]}),
+        )
+        .to_request()
+    };
+    let (a, b) = tokio::join!(test::call_service(&app, req()), async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        test::call_service(&app, req()).await
+    });
+    let mut statuses = vec![a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    // The first waits past its deadline (503); the second finds the queue full (429).
+    assert_eq!(statuses, vec![429, 503]);
+    for r in [a, b] {
+        assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+        let v: Value = serde_json::from_slice(&test::read_body(r).await).unwrap();
+        assert!(v["kind"] == "overloaded" || v["kind"] == "timeout", "{v}");
+    }
+}
+
+#[actix_web::test]
+async fn backend_failure_is_500() {
+    let f = fixture(Config::defaults(), |_| {});
+    drop(f);
+    // Warm-up fails too, so the model never becomes ready: 503 not_ready.
+    let manifest = testing::manifest("broken", SIZE, ROIS);
+    let mut fake = FakeBackend::new(&manifest);
+    fake.fail = true;
+    let origin = Origin {
+        provider: Provider::Cpu,
+        versions: vec![1],
+        dir: "/x".into(),
+    };
+    let model = Model::spawn(manifest, origin, Box::new(fake), &Config::defaults());
+    std::thread::sleep(Duration::from_millis(50));
+    let e = model.predict(1, vec![0.0; 192]).await.unwrap_err();
+    assert_eq!(e.status(), 503, "{e}");
+}
+
+#[actix_web::test]
+async fn ranks_candidates_by_objective() {
+    let f = fixture(Config::defaults(), |_| {});
+    let app = app!(f);
+    let imgs = vec![
+        png(4, 4, [0, 255, 0]),
+        png(4, 4, [255, 0, 0]),
+        png(4, 4, [0, 0, 255]),
+    ];
+    let rank = |objective: Value, k: usize| {
+        post_json(
+            "/v1/models/fake-model/rank",
+            json!({"images": imgs, "objective": objective, "top_k": k}),
+        )
+    };
+    let (s, v) = send!(&app, rank(json!({"maximize_roi": "R"}), 2));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["top"].as_array().unwrap().len(), 2);
+    assert_eq!(v["top"][0]["index"], 1);
+    assert_eq!(v["top"][0]["roi_means"].as_array().unwrap().len(), 4);
+    let (_, v) = send!(&app, rank(json!({"minimize_roi": "B"}), 3));
+    assert_eq!(v["top"][2]["index"], 2, "{v}");
+    let (_, v) = send!(&app, rank(json!({"match_pattern": [0, 0, 1, 0, 0, 1]}), 1));
+    assert_eq!(v["top"][0]["index"], 2, "{v}");
+    let (_, v) = send!(
+        &app,
+        rank(json!({"contrast": {"high": "G", "low": "R"}}), 1)
+    );
+    assert_eq!(v["top"][0]["index"], 0, "{v}");
+    assert_error(
+        &send!(&app, rank(json!({"maximize_roi": "V9"}), 1)),
+        422,
+        "invalid",
+    );
+    assert_error(
+        &send!(&app, rank(json!({"match_pattern": [1, 2]}), 1)),
+        422,
+        "invalid",
+    );
+    assert_error(
+        &send!(&app, rank(json!({"maximize_roi": "R"}), 0)),
+        422,
+        "invalid",
+    );
+    assert_error(
+        &send!(&app, rank(json!({"explode": 1}), 1)),
+        400,
+        "invalid_json",
+    );
+}
+
+#[actix_web::test]
+async fn kserve_v2_json_tensors() {
+    let f = fixture(Config::defaults(), |_| {});
+    let app = app!(f);
+    assert_eq!(
+        send!(&app, test::TestRequest::get().uri("/v2/health/live")).0,
+        200
+    );
+    assert_eq!(
+        send!(&app, test::TestRequest::get().uri("/v2/health/ready")).0,
+        200
+    );
+    assert_eq!(
+        send!(
+            &app,
+            test::TestRequest::get().uri("/v2/models/fake-model/ready")
+        )
+        .0,
+        200
+    );
+    let (s, meta) = send!(&app, test::TestRequest::get().uri("/v2/models/fake-model"));
+    assert_eq!(s, 200);
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "images", "datatype": "FP32", "shape": [-1, 3, 8, 8]})
+    );
+    let data: Vec<f32> = (0..192).map(|i| (i / 64) as f32 / 2.0).collect();
+    let body = json!({"id": "x1", "inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": data}],
+                      "outputs": [{"name": "roi_means"}]});
+    let (s, v) = send!(
+        &app,
+        test::TestRequest::post()
+            .uri("/v2/models/fake-model/infer")
+            .set_json(body)
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["id"], "x1");
+    assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(v["outputs"][0]["shape"], json!([1, 4]));
+    assert!(
+        (v["outputs"][0]["data"][1].as_f64().unwrap() - 0.501).abs() < 1e-5,
+        "{v}"
+    );
+    let bad = json!({"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP64", "data": data}]});
+    assert_error(
+        &send!(
+            &app,
+            test::TestRequest::post()
+                .uri("/v2/models/fake-model/infer")
+                .set_json(bad)
+        ),
+        422,
+        "bad_tensor",
+    );
+    let bad = json!({"inputs": [{"name": "images", "shape": [2, 3, 8, 8], "datatype": "FP32", "data": data}]});
+    assert_error(
+        &send!(
+            &app,
+            test::TestRequest::post()
+                .uri("/v2/models/fake-model/infer")
+                .set_json(bad)
+        ),
+        422,
+        "bad_tensor",
+    );
+}
+
+#[actix_web::test]
+async fn bearer_token_guards_all_but_health_and_metrics() {
+    let mut cfg = Config::defaults();
+    cfg.api_key = Some("s3cret".into());
+    let f = fixture(cfg, |_| {});
+    let app = app!(f);
+    assert_error(
+        &send!(&app, test::TestRequest::get().uri("/v1/models")),
+        401,
+        "unauthorized",
+    );
+    assert_error(
+        &send!(
+            &app,
+            test::TestRequest::get()
+                .uri("/v1/models")
+                .insert_header(("authorization", "Bearer s3cre7"))
+        ),
+        401,
+        "unauthorized",
+    );
+    let (s, v) = send!(
+        &app,
+        test::TestRequest::get()
+            .uri("/v1/models")
+            .insert_header(("authorization", "Bearer s3cret"))
+    );
+    assert_eq!(s, 200);
+    assert_eq!(v["models"][0]["name"], "fake-model");
+    assert_eq!(v["models"][0]["provider"], "cpu");
+    for open in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v2/health/ready",
+        "/openapi.json",
+    ] {
+        let resp = test::call_service(&app, test::TestRequest::get().uri(open).to_request()).await;
+        assert_eq!(resp.status(), 200, "{open}");
+    }
+}
+
+#[actix_web::test]
+async fn concurrent_requests_are_batched_and_measured() {
+    let mut cfg = Config::defaults();
+    cfg.max_queue_delay_ms = 20;
+    let f = fixture(cfg, |b| b.delay = Duration::from_millis(20));
+    let app = app!(f);
+    let reqs = (0..16u8).map(|i| {
+        let r = post_json(
+            "/v1/models/fake-model/predict",
+            json!({"images": [png(4, 4, [i * 10, 0, 0])], "reduce": "roi"}),
+        )
+        .to_request();
+        test::call_service(&app, r)
+    });
+    let resps = futures_util::future::join_all(reqs).await;
+    for (i, r) in resps.into_iter().enumerate() {
+        assert_eq!(r.status(), 200);
+        let v: Value = serde_json::from_slice(&test::read_body(r).await).unwrap();
+        let want = (i as f32 * 10.0 / 255.0) as f64;
+        assert!(
+            (v["predictions"][0][0].as_f64().unwrap() - want).abs() < 1e-5,
+            "request {i} got another's answer: {v}"
+        );
+    }
+    let batches = f.batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().any(|&n| n > 1),
+        "no batch over 1: {batches:?}"
+    );
+    let text = (f.state.render_metrics)();
+    for name in [
+        "vcl_batch_size",
+        "vcl_requests_total",
+        "vcl_queue_duration_seconds",
+        "vcl_inference_duration_seconds",
+        "vcl_model_info",
+        "vcl_images_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(text.contains("provider=\"cpu\""));
+}
+
+#[actix_web::test]
+async fn entries_whose_client_left_are_skipped_and_counted() {
+    let mut cfg = Config::defaults();
+    cfg.max_queue_delay_ms = 0;
+    let f = fixture(cfg, |b| b.delay = Duration::from_millis(150));
+    let model = f.state.repo.get("fake-model").unwrap().clone();
+    let px = |n: usize| vec![0.25f32; n * 3 * 64];
+    let busy = model.predict(1, px(1));
+    let gone = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::timeout(Duration::from_millis(30), model.predict(2, px(2))).await
+    };
+    let (a, b) = tokio::join!(busy, gone);
+    assert!(a.is_ok());
+    assert!(b.is_err(), "the client gave up first");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The warm-up and the first request ran; the abandoned entry never did.
+    assert_eq!(*f.batches.lock().unwrap(), vec![1, 1]);
+    let text = (f.state.render_metrics)();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("vcl_dropped_total") && l.contains("reason=\"client_gone\"")),
+        "{text}"
+    );
+}

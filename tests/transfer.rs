@@ -1,0 +1,91 @@
+//! Cross-subject transfer and method comparison on the tiny in-silico brain: subject
+//! 1's CL-tuned backbone as a frozen extractor for subjects 1 and 2, scored against
+//! their untuned encoders; then `compare` on the untuned and tuned runs.
+
+use vcl_trainer::algonauts::Hemisphere;
+use vcl_trainer::backbones::{Arch, Device};
+use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
+use vcl_trainer::finetune::{self, FinetuneConfig, Method};
+use vcl_trainer::{compare, paths, ridge, synth, transfer};
+
+#[test]
+fn transfer_matrix_and_comparison_on_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tiny");
+    synth::synthesize(&synth::SynthConfig {
+        preset: synth::Preset::Tiny,
+        out: data.clone(),
+        seed: 5,
+        subjects: Some(2),
+        photos_dir: paths::photos_dir(),
+    })
+    .unwrap();
+    let cache = dir.path().join("cache");
+
+    let mut ft = FinetuneConfig::new(Method::Cl, data.clone(), vec!["subj01".into()], Hemisphere::Left, "V1".into());
+    ft.input_size = 64;
+    ft.epochs = 1;
+    ft.batch_size = 16;
+    let tuned = finetune::finetune(&ft, &dir.path().join("cl"), false, &cache, Device::Cpu).unwrap();
+    let tuned_weights = tuned.backbone.expect("a finished run writes its backbone");
+
+    let base = FitConfig {
+        data_dir: data.clone(),
+        subjects: vec!["subj01".into(), "subj02".into()],
+        hemispheres: vec![Hemisphere::Left],
+        rois: vec!["V1".into()],
+        arch: Arch::MobileNetV2,
+        weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
+        taps: vec!["features.6".into(), "avgpool".into()],
+        input_size: 64,
+        pca_components: 1000,
+        alphas: ridge::default_alphas(),
+        folds: 5,
+        alpha_mode: AlphaMode::Voxel,
+        heldout_fraction: 0.25,
+        split_seed: 0,
+        max_feature_dim: Some(8192),
+        batch_size: 16,
+        method: "untuned".into(),
+    };
+    let untuned = dir.path().join("untuned");
+    encoding::fit(&base, &untuned, &cache, Device::Cpu).unwrap();
+    encoding::evaluate(&untuned, &cache, Device::Cpu).unwrap();
+
+    let out = dir.path().join("transfer");
+    let m = transfer::transfer(&base, &untuned, &[("subj01".into(), tuned_weights.clone())], &out, &cache, Device::Cpu)
+        .unwrap();
+    assert_eq!(m.targets, vec!["subj01", "subj02"]);
+    assert_eq!(m.frac_beating_untuned.len(), 1);
+    for f in &m.frac_beating_untuned[0] {
+        assert!((0.0..=1.0).contains(f), "{f}");
+    }
+    for f in ["transfer.csv", "transfer.json", "transfer.png"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let csv = std::fs::read_to_string(out.join("transfer.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+
+    // The tuned encoders of subj01, against the untuned ones.
+    let cl_fit = dir.path().join("cl-fit");
+    let cfg = FitConfig {
+        subjects: vec!["subj01".into()],
+        weights: tuned_weights,
+        method: "cl".into(),
+        ..base.clone()
+    };
+    encoding::fit(&cfg, &cl_fit, &cache, Device::Cpu).unwrap();
+    encoding::evaluate(&cl_fit, &cache, Device::Cpu).unwrap();
+    let cmp_dir = dir.path().join("cmp");
+    let cmp = compare::compare(&[untuned.clone(), cl_fit], None, &cmp_dir).unwrap();
+    assert_eq!(cmp.reference, "cl");
+    let v1 = cmp.rois.iter().find(|r| r.roi == "V1").unwrap();
+    assert_eq!(v1.subjects, vec!["subj01"], "only subjects both methods cover");
+    let frac = v1.versus[0].frac_reference_better;
+    assert!((0.0..=1.0).contains(&frac));
+    assert!(cmp_dir.join("comparison.md").exists() && cmp_dir.join("comparison.png").exists());
+
+    // Two runs with one label cannot be told apart.
+    let e = compare::compare(&[untuned.clone(), untuned], None, &cmp_dir).unwrap_err().to_string();
+    assert!(e.contains("two runs are labelled 'untuned'"), "{e}");
+}
