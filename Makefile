@@ -37,7 +37,7 @@ demo: build
 	$(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh,rh --backbone mobilenet_v2 \
 	  --input-size $(DEMO_SIZE) --method untuned --out $(DEMO_RUN)/untuned --evaluate
 	rm -rf $(DEMO_RUN)/cl
-	$(VCL) finetune --data $(DEMO_DATA) --subjects 1 --hemisphere lh --roi $(DEMO_ROI) --method cl \
+	$(VCL) finetune --data $(DEMO_DATA) --subjects 1 --hemisphere lh --roi $(DEMO_ROI) --method cl --micro-batch 64 \
 	  --input-size $(DEMO_SIZE) --out $(DEMO_RUN)/cl
 	$(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh --rois $(DEMO_FIT_ROIS) \
 	  --input-size $(DEMO_SIZE) --weights $(DEMO_RUN)/cl/backbone.safetensors --method cl \
@@ -45,7 +45,7 @@ demo: build
 	if [ "$(DEMO_REGRESSION)" = 1 ]; then \
 	  rm -rf $(DEMO_RUN)/regression && \
 	  $(VCL) finetune --data $(DEMO_DATA) --subjects 1 --hemisphere lh --roi $(DEMO_ROI) \
-	    --method regression --input-size $(DEMO_SIZE) --out $(DEMO_RUN)/regression && \
+	    --method regression --micro-batch 64 --input-size $(DEMO_SIZE) --out $(DEMO_RUN)/regression && \
 	  $(VCL) fit --data $(DEMO_DATA) --subjects 1 --hemispheres lh --rois $(DEMO_FIT_ROIS) \
 	    --input-size $(DEMO_SIZE) --weights $(DEMO_RUN)/regression/backbone.safetensors \
 	    --method regression --out $(DEMO_RUN)/regression-fit --evaluate && \

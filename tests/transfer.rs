@@ -22,11 +22,18 @@ fn transfer_matrix_and_comparison_on_tiny() {
     .unwrap();
     let cache = dir.path().join("cache");
 
-    let mut ft = FinetuneConfig::new(Method::Cl, data.clone(), vec!["subj01".into()], Hemisphere::Left, "V1".into());
+    let mut ft = FinetuneConfig::new(
+        Method::Cl,
+        data.clone(),
+        vec!["subj01".into()],
+        Hemisphere::Left,
+        "V1".into(),
+    );
     ft.input_size = 64;
     ft.epochs = 1;
     ft.batch_size = 16;
-    let tuned = finetune::finetune(&ft, &dir.path().join("cl"), false, &cache, Device::Cpu).unwrap();
+    let tuned =
+        finetune::finetune(&ft, &dir.path().join("cl"), false, &cache, Device::Cpu).unwrap();
     let tuned_weights = tuned.backbone.expect("a finished run writes its backbone");
 
     let base = FitConfig {
@@ -53,8 +60,15 @@ fn transfer_matrix_and_comparison_on_tiny() {
     encoding::evaluate(&untuned, &cache, Device::Cpu).unwrap();
 
     let out = dir.path().join("transfer");
-    let m = transfer::transfer(&base, &untuned, &[("subj01".into(), tuned_weights.clone())], &out, &cache, Device::Cpu)
-        .unwrap();
+    let m = transfer::transfer(
+        &base,
+        &untuned,
+        &[("subj01".into(), tuned_weights.clone())],
+        &out,
+        &cache,
+        Device::Cpu,
+    )
+    .unwrap();
     assert_eq!(m.targets, vec!["subj01", "subj02"]);
     assert_eq!(m.frac_beating_untuned.len(), 1);
     for f in &m.frac_beating_untuned[0] {
@@ -80,12 +94,18 @@ fn transfer_matrix_and_comparison_on_tiny() {
     let cmp = compare::compare(&[untuned.clone(), cl_fit], None, &cmp_dir).unwrap();
     assert_eq!(cmp.reference, "cl");
     let v1 = cmp.rois.iter().find(|r| r.roi == "V1").unwrap();
-    assert_eq!(v1.subjects, vec!["subj01"], "only subjects both methods cover");
+    assert_eq!(
+        v1.subjects,
+        vec!["subj01"],
+        "only subjects both methods cover"
+    );
     let frac = v1.versus[0].frac_reference_better;
     assert!((0.0..=1.0).contains(&frac));
     assert!(cmp_dir.join("comparison.md").exists() && cmp_dir.join("comparison.png").exists());
 
     // Two runs with one label cannot be told apart.
-    let e = compare::compare(&[untuned.clone(), untuned], None, &cmp_dir).unwrap_err().to_string();
+    let e = compare::compare(&[untuned.clone(), untuned], None, &cmp_dir)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("two runs are labelled 'untuned'"), "{e}");
 }

@@ -405,7 +405,13 @@ fn run_finetune(a: FinetuneArgs) -> Result<()> {
     use vcl_trainer::finetune::{self, FinetuneConfig};
     let data_dir = std::fs::canonicalize(&a.data)
         .with_context(|| format!("dataset folder {}", a.data.display()))?;
-    let mut cfg = FinetuneConfig::new(a.method, data_dir, a.subjects.clone(), a.hemisphere, a.roi.clone());
+    let mut cfg = FinetuneConfig::new(
+        a.method,
+        data_dir,
+        a.subjects.clone(),
+        a.hemisphere,
+        a.roi.clone(),
+    );
     cfg.arch = a.backbone;
     cfg.weights = a
         .weights
@@ -442,8 +448,8 @@ fn run_finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn run_transfer(a: TransferArgs) -> Result<()> {
-    let record: encoding::fit::FitRecord =
-        encoding::store::read_json(&a.untuned.join("fit.json")).context("reading the untuned run")?;
+    let record: encoding::fit::FitRecord = encoding::store::read_json(&a.untuned.join("fit.json"))
+        .context("reading the untuned run")?;
     let mut base = record.config;
     base.hemispheres = vec![a.hemisphere];
     base.rois = vec![a.roi.clone()];
@@ -459,14 +465,27 @@ fn run_transfer(a: TransferArgs) -> Result<()> {
                 .with_context(|| format!("--source {s}: expected LABEL=PATH"))
         })
         .collect::<Result<_>>()?;
-    let m = vcl_trainer::transfer::transfer(&base, &a.untuned, &sources, &a.out, &paths::cache_dir(), device())
-        .context("cross-subject transfer")?;
+    let m = vcl_trainer::transfer::transfer(
+        &base,
+        &a.untuned,
+        &sources,
+        &a.out,
+        &paths::cache_dir(),
+        device(),
+    )
+    .context("cross-subject transfer")?;
     println!("| backbone tuned on | {} |", m.targets.join(" | "));
     println!("|---|{}", "---:|".repeat(m.targets.len()));
     for (i, s) in m.sources.iter().enumerate() {
-        let cells: Vec<String> = m.frac_beating_untuned[i].iter().map(|f| format!("{:.0}%", 100.0 * f)).collect();
+        let cells: Vec<String> = m.frac_beating_untuned[i]
+            .iter()
+            .map(|f| format!("{:.0}%", 100.0 * f))
+            .collect();
         println!("| {s} | {} |", cells.join(" | "));
     }
-    println!("\nshare of voxels beating untuned: {}", a.out.join("transfer.png").display());
+    println!(
+        "\nshare of voxels beating untuned: {}",
+        a.out.join("transfer.png").display()
+    );
     Ok(())
 }
