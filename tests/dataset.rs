@@ -8,25 +8,12 @@ use ndarray::Array2;
 use vcl_tests::{run_python, vcl};
 use vcl_trainer::algonauts::{Dataset, Hemisphere};
 use vcl_trainer::images::PixelCache;
-use vcl_trainer::{npy, paths, synth};
+use vcl_trainer::npy;
 
 /// One tiny in-silico dataset per test process (synthesized by the library).
 fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("tiny");
-        synth::synthesize(&synth::SynthConfig {
-            preset: synth::Preset::Tiny,
-            out: out.clone(),
-            seed: 3,
-            subjects: Some(2),
-            photos_dir: paths::photos_dir(),
-        })
-        .expect("tiny synthesis");
-        (dir, out)
-    })
-    .1
+    &DIR.get_or_init(|| vcl_tests::tiny_dataset(3, 2)).1
 }
 
 /// A private copy of the tiny dataset that a test may damage.

@@ -9,24 +9,11 @@ use vcl_tests::vcl;
 use vcl_trainer::algonauts::Hemisphere;
 use vcl_trainer::backbones::{Arch, Device};
 use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
-use vcl_trainer::{paths, ridge, synth};
+use vcl_trainer::{paths, ridge};
 
 fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("tiny");
-        synth::synthesize(&synth::SynthConfig {
-            preset: synth::Preset::Tiny,
-            out: out.clone(),
-            seed: 11,
-            subjects: Some(1),
-            photos_dir: paths::photos_dir(),
-        })
-        .expect("tiny synthesis");
-        (dir, out)
-    })
-    .1
+    &DIR.get_or_init(|| vcl_tests::tiny_dataset(11, 1)).1
 }
 
 fn config(data: &Path) -> FitConfig {

@@ -16,24 +16,11 @@ use vcl_trainer::onnx_export::contract::manifest::{self, Manifest, Method};
 use vcl_trainer::onnx_export::contract::runtime;
 use vcl_trainer::onnx_export::{export, heldout_images, load_run, predict_libtorch, ExportOptions};
 use vcl_trainer::ridge::{Kind, Tensor};
-use vcl_trainer::{npy, paths, ridge, synth};
+use vcl_trainer::{npy, paths, ridge};
 
 fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("tiny");
-        synth::synthesize(&synth::SynthConfig {
-            preset: synth::Preset::Tiny,
-            out: out.clone(),
-            seed: 11,
-            subjects: Some(1),
-            photos_dir: paths::photos_dir(),
-        })
-        .expect("tiny synthesis");
-        (dir, out)
-    })
-    .1
+    &DIR.get_or_init(|| vcl_tests::tiny_dataset(11, 1)).1
 }
 
 fn config(rois: &[&str], taps: &[&str]) -> FitConfig {

@@ -8,25 +8,11 @@ use std::sync::OnceLock;
 
 use vcl_trainer::algonauts::Hemisphere;
 use vcl_trainer::finetune::{FinetuneConfig, Method};
-use vcl_trainer::{paths, synth};
 
 /// Tiny preset, 2 subjects: 48 training images of 64 px each.
 pub fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("tiny");
-        synth::synthesize(&synth::SynthConfig {
-            preset: synth::Preset::Tiny,
-            out: out.clone(),
-            seed: 5,
-            subjects: Some(2),
-            photos_dir: paths::photos_dir(),
-        })
-        .expect("tiny synthesis");
-        (dir, out)
-    })
-    .1
+    &DIR.get_or_init(|| vcl_tests::tiny_dataset(5, 2)).1
 }
 
 /// The paper's recipe shrunk to seconds: 64 px, batch 8, real MobileNetV2 weights.

@@ -17,19 +17,12 @@ use vcl_trainer::algonauts::Hemisphere;
 use vcl_trainer::backbones::{Arch, Device};
 use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
 use vcl_trainer::onnx_export::{export, ExportOptions};
-use vcl_trainer::{paths, ridge, synth};
+use vcl_trainer::{paths, ridge};
 
 /// A model repository with the tiny fit's two hemisphere models (64 px).
 fn exported(dir: &Path) -> PathBuf {
-    let data = dir.join("tiny");
-    synth::synthesize(&synth::SynthConfig {
-        preset: synth::Preset::Tiny,
-        out: data.clone(),
-        seed: 11,
-        subjects: Some(1),
-        photos_dir: paths::photos_dir(),
-    })
-    .expect("tiny synthesis");
+    // Dropped at the end of this function: the data is only read while fitting.
+    let (_data_dir, data) = vcl_tests::tiny_dataset(11, 1);
     let run = dir.join("run");
     let cfg = FitConfig {
         data_dir: data,

@@ -59,3 +59,20 @@ pub fn vcl(args: &[&str]) -> Output {
         .output()
         .expect("vcl starts")
 }
+
+/// A tiny in-silico dataset in a fresh temporary folder: (the folder's guard, the
+/// dataset root). Seconds to make; the tests' common ground.
+pub fn tiny_dataset(seed: u64, subjects: u32) -> (tempfile::TempDir, PathBuf) {
+    use vcl_trainer::{paths, synth};
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let out = dir.path().join("tiny");
+    synth::synthesize(&synth::SynthConfig {
+        preset: synth::Preset::Tiny,
+        out: out.clone(),
+        seed,
+        subjects: Some(subjects),
+        photos_dir: paths::photos_dir(),
+    })
+    .expect("tiny synthesis (scripts/setup.sh installs the photos)");
+    (dir, out)
+}

@@ -6,20 +6,13 @@ use vcl_trainer::algonauts::Hemisphere;
 use vcl_trainer::backbones::{Arch, Device};
 use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
 use vcl_trainer::finetune::{self, FinetuneConfig, Method};
-use vcl_trainer::{compare, paths, ridge, synth, transfer};
+use vcl_trainer::{compare, paths, ridge, transfer};
 
 #[test]
 fn transfer_matrix_and_comparison_on_tiny() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("tiny");
-    synth::synthesize(&synth::SynthConfig {
-        preset: synth::Preset::Tiny,
-        out: data.clone(),
-        seed: 5,
-        subjects: Some(2),
-        photos_dir: paths::photos_dir(),
-    })
-    .unwrap();
+    // Dropped at the end of this function: the data is only read while fitting.
+    let (_data_dir, data) = vcl_tests::tiny_dataset(5, 2);
     let cache = dir.path().join("cache");
 
     let mut ft = FinetuneConfig::new(

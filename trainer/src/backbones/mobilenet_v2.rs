@@ -13,8 +13,9 @@ use super::layers::{batch_norm2d, global_avg_pool, linear, BatchNorm2d, Conv, In
 use super::Staged;
 
 /// (expansion t, output channels c, repeats n, first stride s): torchvision's table,
-/// with the tap each group ends at (its last block's index in `features`).
-const INVERTED_RESIDUAL_SETTING: [(i64, i64, i64, i64, &str); 7] = [
+/// with the tap each group ends at (its last block's index in `features`). Public so
+/// the ONNX exporter walks the very same table.
+pub const INVERTED_RESIDUAL_SETTING: [(i64, i64, i64, i64, &str); 7] = [
     (1, 16, 1, 1, "features.1"),
     (6, 24, 2, 2, "features.3"),
     (6, 32, 3, 2, "features.6"),

@@ -11,7 +11,7 @@
 
 mod alexnet;
 mod layers;
-mod mobilenet_v2;
+pub mod mobilenet_v2;
 mod resnet;
 mod weights;
 

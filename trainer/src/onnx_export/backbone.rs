@@ -22,17 +22,8 @@ use crate::features::Pooling;
 /// torchvision's batch-norm epsilon (every BatchNorm2d of these networks).
 const BN_EPS: f64 = 1e-5;
 
-/// MobileNetV2's inverted-residual groups: (expansion, channels, blocks, first stride,
-/// tap at the group's end).
-const MOBILENET_V2_GROUPS: [(i64, i64, i64, i64, &str); 7] = [
-    (1, 16, 1, 1, "features.1"),
-    (6, 24, 2, 2, "features.3"),
-    (6, 32, 3, 2, "features.6"),
-    (6, 64, 4, 2, "features.10"),
-    (6, 96, 3, 1, "features.13"),
-    (6, 160, 3, 2, "features.16"),
-    (6, 320, 1, 1, "features.17"),
-];
+/// MobileNetV2's inverted-residual groups, the table the tch model is built from.
+use crate::backbones::mobilenet_v2::INVERTED_RESIDUAL_SETTING as MOBILENET_V2_GROUPS;
 
 /// A graph value and its per-image shape: [C, H, W] for maps, [D] for vectors.
 #[derive(Clone, Debug)]
