@@ -90,6 +90,23 @@ fn fit_and_evaluate_write_encoders_scores_and_plots() {
         assert!(run_dir.path().join(&e.meta.pca_file).exists());
         assert_eq!(e.meta.alphas.len(), e.meta.vertices.len());
     }
+
+    // The paper's one alpha per ROI.
+    let roi_run = tempfile::tempdir().unwrap();
+    let roi_cfg = FitConfig {
+        alpha_mode: AlphaMode::Roi,
+        ..cfg.clone()
+    };
+    encoding::fit(&roi_cfg, roi_run.path(), cache.path(), Device::Cpu).unwrap();
+    for e in encoding::store::load_encoders(roi_run.path()).unwrap() {
+        assert!(cfg.alphas.contains(&e.meta.alphas[0]));
+        assert!(
+            e.meta.alphas.iter().all(|&a| a == e.meta.alphas[0]),
+            "{}: {:?}",
+            e.meta.roi,
+            e.meta.alphas
+        );
+    }
 }
 
 fn fit_cli(extra: &[&str]) -> String {

@@ -244,13 +244,16 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
                         )
                     }
                     AlphaMode::Roi => {
-                        let cv = chosen.fit.cv_scores.index_select(1, &cols).mean_dim(
-                            1,
-                            false,
-                            Kind::Double,
-                        );
-                        let a = cfg.alphas[cv.argmax(0, false).int64_value(&[]) as usize];
-                        let alphas = vec![a; verts.len()];
+                        // The same selection (and tie rule) as everywhere else, on this
+                        // ROI's columns only.
+                        let roi_scores = chosen.fit.cv_scores.index_select(1, &cols);
+                        let alphas: Vec<f64> =
+                            ridge::select_alphas(&roi_scores, &cfg.alphas, false)?
+                                .into_iter()
+                                .take(1)
+                                .cycle()
+                                .take(verts.len())
+                                .collect();
                         let y_roi = y.index_select(1, &cols);
                         let w = ridge::solve_ridge_svd_per_voxel(
                             z,
