@@ -65,4 +65,5 @@ clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 
 test: setup fmt clippy
+	cargo build --workspace --bins
 	cargo test --workspace
