@@ -13,7 +13,7 @@ use super::fit::{self, index_tensor, to_tensor, FitRecord};
 use super::metrics::{self, RoiScores};
 use super::store::{self, StoredEncoder};
 use crate::algonauts::{split, Dataset, Hemisphere};
-use crate::plots;
+use crate::{plots, ridge};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoiResult {
@@ -76,6 +76,8 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
     }
 
     let mut results: Vec<RoiResult> = Vec::new();
+    // (ROI, per-voxel (sqrt NC, r)) for the noise-ceiling plot.
+    let mut scatter: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for (subject_name, encs) in by_subject {
         let subject = ds.subject(&subject_name)?;
         let sp = split::holdout(
@@ -130,25 +132,26 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
             let cols = index_tensor(&m.vertices, Device::Cpu);
             let z = &z_held[&m.tap];
             let pred = z.matmul(&enc.coef.to_device(device)) + enc.intercept.to_device(device);
-            let pred = tensor_to_vec(&pred);
-            let v = m.vertices.len();
-            let r = metrics::pearson_columns(
+            let r = tensor_to_vec(&ridge::pearson_columns(
                 &pred,
-                &tensor_to_vec(&y.index_select(1, &cols)),
-                n_held,
-                v,
-            );
+                &y.index_select(1, &cols).to_device(device),
+            ));
             let nc_roi: Option<Vec<f32>> = nc
                 .as_ref()
                 .map(|nc| m.vertices.iter().map(|&i| nc[i]).collect());
             let r_truth = truth.as_ref().map(|t| {
-                metrics::pearson_columns(
+                tensor_to_vec(&ridge::pearson_columns(
                     &pred,
-                    &tensor_to_vec(&t.index_select(1, &cols)),
-                    n_held,
-                    v,
-                )
+                    &t.index_select(1, &cols).to_device(device),
+                ))
             });
+            if let Some(nc) = &nc_roi {
+                let points = nc
+                    .iter()
+                    .zip(&r)
+                    .map(|(&c, &r)| ((c as f64).max(0.0).sqrt(), r as f64));
+                scatter.push((m.roi.clone(), points.collect()));
+            }
             let scores = metrics::summarize(&r, n_held, nc_roi.as_deref(), r_truth.as_deref());
             let rel = PathBuf::from("evaluation/voxels")
                 .join(&m.subject)
@@ -176,7 +179,7 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
         method: cfg.method.clone(),
         results,
     };
-    write_report(run, &eval)?;
+    write_report(run, &eval, &scatter)?;
     Ok(eval)
 }
 
@@ -215,7 +218,11 @@ pub fn markdown_table(eval: &Evaluation) -> String {
     s
 }
 
-fn write_report(run: &Path, eval: &Evaluation) -> Result<()> {
+fn write_report(
+    run: &Path,
+    eval: &Evaluation,
+    scatter: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
     let dir = run.join("evaluation");
     std::fs::create_dir_all(&dir).map_err(|e| EncodingError::file(&dir, e))?;
     store::write_json(&dir.join("results.json"), eval)?;
@@ -295,22 +302,16 @@ fn write_report(run: &Path, eval: &Evaluation) -> Result<()> {
     ];
     let mut higher_pts = Vec::new();
     let mut early_pts = Vec::new();
-    for r in &eval.results {
-        if streams.contains(&r.roi.as_str()) || r.roi.contains('+') || r.roi == "early" {
+    for (roi, points) in scatter {
+        if streams.contains(&roi.as_str()) || roi.contains('+') || roi == "early" {
             continue;
         }
-        let Some(nc) = read_subject_nc(run, r)? else {
-            continue;
-        };
-        let voxel_r = crate::npy::read_f32_1d(&run.join(&r.voxel_r_file))?;
-        let target = if early.contains(&r.roi.as_str()) {
+        let target = if early.contains(&roi.as_str()) {
             &mut early_pts
         } else {
             &mut higher_pts
         };
-        for (x, y) in nc.iter().zip(voxel_r.iter()) {
-            target.push(((*x as f64).max(0.0).sqrt(), *y as f64));
-        }
+        target.extend_from_slice(points);
     }
     let groups: Vec<(String, Vec<(f64, f64)>)> = [
         ("higher ROIs (floc)", higher_pts),
@@ -325,25 +326,9 @@ fn write_report(run: &Path, eval: &Evaluation) -> Result<()> {
             &dir.join("r_vs_noise_ceiling.png"),
             "Held-out r against the noise ceiling",
             ("sqrt(noise ceiling)", "Pearson r"),
-            &groups
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect::<Vec<_>>(),
+            &groups,
             true,
         )?;
     }
     Ok(())
-}
-
-/// The noise ceiling of one result's vertices, if the dataset has one.
-fn read_subject_nc(run: &Path, r: &RoiResult) -> Result<Option<Vec<f32>>> {
-    let record: FitRecord = store::read_json(&run.join("fit.json"))?;
-    let meta: store::EncoderMeta = store::read_json(
-        &run.join(store::encoder_rel_path(&r.subject, r.hemisphere, &r.roi))
-            .with_extension("json"),
-    )?;
-    let subject = Dataset::open(&record.config.data_dir)?.subject(&r.subject)?;
-    Ok(subject
-        .noise_ceiling(r.hemisphere)?
-        .map(|nc| meta.vertices.iter().map(|&i| nc[i]).collect()))
 }

@@ -1,39 +1,9 @@
-//! Scores of an encoder on held-out images, per voxel and per ROI (METHOD.md):
-//! Pearson r, significance against chance, the Algonauts 2023 challenge score, and on
+//! Scores of an encoder on held-out images, per ROI (METHOD.md), from per-voxel
+//! Pearson r (`ridge::pearson_columns`): significance against chance, the Algonauts 2023 challenge score, and on
 //! in-silico data the correlation with the noiseless truth.
 
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
-
-/// Pearson r of each column pair of two [n, v] row-major matrices; 0 for a constant
-/// column (an encoder that predicts nothing has no correlation, not NaN).
-pub fn pearson_columns(pred: &[f32], truth: &[f32], n: usize, v: usize) -> Vec<f32> {
-    assert_eq!(pred.len(), n * v, "prediction shape");
-    assert_eq!(truth.len(), n * v, "truth shape");
-    (0..v)
-        .map(|j| {
-            let (mut sp, mut st) = (0f64, 0f64);
-            for i in 0..n {
-                sp += pred[i * v + j] as f64;
-                st += truth[i * v + j] as f64;
-            }
-            let (mp, mt) = (sp / n as f64, st / n as f64);
-            let (mut cov, mut vp, mut vt) = (0f64, 0f64, 0f64);
-            for i in 0..n {
-                let a = pred[i * v + j] as f64 - mp;
-                let b = truth[i * v + j] as f64 - mt;
-                cov += a * b;
-                vp += a * a;
-                vt += b * b;
-            }
-            if vp <= 0.0 || vt <= 0.0 {
-                0.0
-            } else {
-                (cov / (vp * vt).sqrt()) as f32
-            }
-        })
-        .collect()
-}
 
 /// One-sided p-value of r > 0 with n samples (t test with n - 2 degrees of freedom).
 pub fn p_value(r: f32, n: usize) -> f64 {
@@ -143,18 +113,6 @@ pub fn summarize(r: &[f32], n: usize, nc: Option<&[f32]>, r_truth: Option<&[f32]
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pearson_matches_hand_values() {
-        // Columns: perfectly correlated, anti-correlated, constant prediction.
-        let pred = [1.0, -1.0, 5.0, 2.0, -2.0, 5.0, 3.0, -3.0, 5.0];
-        let truth = [2.0, 1.0, 1.0, 4.0, 2.0, 2.0, 6.0, 3.0, 3.0];
-        let r = pearson_columns(&pred, &truth, 3, 3);
-        assert!(
-            (r[0] - 1.0).abs() < 1e-6 && (r[1] + 1.0).abs() < 1e-6 && r[2] == 0.0,
-            "{r:?}"
-        );
-    }
 
     #[test]
     fn p_values_and_fdr() {
