@@ -275,6 +275,51 @@ pub struct InputSpec {
     pub normalization: NormalizationSpec,
 }
 
+impl TensorSpec {
+    /// A float32 tensor (the only element type vcl's models use).
+    pub fn float32(name: &str, shape: Vec<Dim>) -> Self {
+        TensorSpec {
+            name: name.to_string(),
+            dtype: "float32".into(),
+            shape,
+        }
+    }
+}
+
+impl InputSpec {
+    /// What `vcl export` writes: float32 RGB [N, 3, size, size] in [0, 1], images
+    /// resized to size x size without crop (bilinear with antialiasing), ImageNet
+    /// normalization inside the graph.
+    pub fn rgb_square(size: u32) -> Self {
+        InputSpec {
+            tensor: TensorSpec::float32(
+                INPUT_NAME,
+                vec![
+                    Dim::batch(),
+                    Dim::Fixed(3),
+                    Dim::Fixed(size as u64),
+                    Dim::Fixed(size as u64),
+                ],
+            ),
+            layout: "NCHW".into(),
+            channels: "RGB".into(),
+            value_range: [0.0, 1.0],
+            height: size,
+            width: size,
+            resize: ResizeSpec {
+                size,
+                filter: "triangle".into(),
+                crop: false,
+            },
+            normalization: NormalizationSpec {
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+                in_graph: true,
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputsSpec {
@@ -695,11 +740,7 @@ mod tests {
 
     /// A valid two-ROI manifest for a model file with `sha`.
     pub(crate) fn sample(sha: &str) -> Manifest {
-        let tensor = |name: &str, shape: Vec<Dim>| TensorSpec {
-            name: name.into(),
-            dtype: "float32".into(),
-            shape,
-        };
+        let tensor = TensorSpec::float32;
         let roi = |name: &str, start: usize, end: usize| RoiSpec {
             name: name.into(),
             slice: VoxelSlice { start, end },
@@ -724,27 +765,7 @@ mod tests {
             subject: "subj01".into(),
             hemisphere: Hemisphere::Left,
             rois: vec![roi("V1v", 0, 3), roi("V1d", 3, 5)],
-            input: InputSpec {
-                tensor: tensor(
-                    INPUT_NAME,
-                    vec![Dim::batch(), Dim::Fixed(3), Dim::Fixed(64), Dim::Fixed(64)],
-                ),
-                layout: "NCHW".into(),
-                channels: "RGB".into(),
-                value_range: [0.0, 1.0],
-                height: 64,
-                width: 64,
-                resize: ResizeSpec {
-                    size: 64,
-                    filter: "triangle".into(),
-                    crop: false,
-                },
-                normalization: NormalizationSpec {
-                    mean: IMAGENET_MEAN,
-                    std: IMAGENET_STD,
-                    in_graph: true,
-                },
-            },
+            input: InputSpec::rgb_square(64),
             outputs: OutputsSpec {
                 voxels: tensor(VOXELS_OUTPUT, vec![Dim::batch(), Dim::Fixed(5)]),
                 roi_means: tensor(ROI_MEANS_OUTPUT, vec![Dim::batch(), Dim::Fixed(2)]),

@@ -34,11 +34,7 @@ pub fn manifest(name: &str, size: u32, rois: &[(&str, usize)]) -> Manifest {
             }
         })
         .collect();
-    let tensor = |name: &str, shape: Vec<Dim>| TensorSpec {
-        name: name.into(),
-        dtype: "float32".into(),
-        shape,
-    };
+    let tensor = TensorSpec::float32;
     Manifest {
         schema_version: SCHEMA_VERSION,
         model: ModelInfo {
@@ -49,32 +45,7 @@ pub fn manifest(name: &str, size: u32, rois: &[(&str, usize)]) -> Manifest {
         },
         subject: "subj01".into(),
         hemisphere: Hemisphere::Left,
-        input: InputSpec {
-            tensor: tensor(
-                INPUT_NAME,
-                vec![
-                    Dim::batch(),
-                    Dim::Fixed(3),
-                    Dim::Fixed(size as u64),
-                    Dim::Fixed(size as u64),
-                ],
-            ),
-            layout: "NCHW".into(),
-            channels: "RGB".into(),
-            value_range: [0.0, 1.0],
-            height: size,
-            width: size,
-            resize: ResizeSpec {
-                size,
-                filter: "triangle".into(),
-                crop: false,
-            },
-            normalization: NormalizationSpec {
-                mean: IMAGENET_MEAN,
-                std: IMAGENET_STD,
-                in_graph: true,
-            },
-        },
+        input: InputSpec::rgb_square(size),
         outputs: OutputsSpec {
             voxels: tensor(VOXELS_OUTPUT, vec![Dim::batch(), Dim::Fixed(start as u64)]),
             roi_means: tensor(

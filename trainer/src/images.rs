@@ -18,9 +18,9 @@ use tch::{Device, Kind, Tensor};
 use crate::algonauts::ImageEntry;
 use crate::error::{DataError, Result};
 
-/// ImageNet channel statistics torchvision's classifiers were trained with.
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// ImageNet channel statistics torchvision's classifiers were trained with; one
+/// definition, in the contract, so exported graphs normalize exactly as training did.
+pub use vcl_contract::manifest::{IMAGENET_MEAN, IMAGENET_STD};
 
 /// Bump when the resize or layout changes, so old caches are not reused.
 const CACHE_VERSION: &str = "pixels-v1-triangle";

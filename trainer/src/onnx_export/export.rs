@@ -28,8 +28,8 @@ use crate::features::Pooling;
 use crate::images;
 use vcl_contract::manifest::{
     self as contract, AlphaSummary, BackboneSpec, Dim, InputSpec, Manifest, Method, ModelInfo,
-    NormalizationSpec, OutputsSpec, Provenance, ResizeSpec, RoiEvaluation, RoiSpec, TensorSpec,
-    TrainingSpec, Verification, VoxelSlice,
+    OutputsSpec, Provenance, RoiEvaluation, RoiSpec, TensorSpec, TrainingSpec, Verification,
+    VoxelSlice,
 };
 use vcl_contract::runtime::{self, DeviceChoice, Runtime};
 
@@ -455,11 +455,7 @@ struct ManifestParts<'a> {
 
 fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
     let cfg = &p.contents.record.config;
-    let float = |name: &str, shape: Vec<Dim>| TensorSpec {
-        name: name.into(),
-        dtype: "float32".into(),
-        shape,
-    };
+    let float = TensorSpec::float32;
     let mut rois = Vec::with_capacity(p.bundle.encoders.len());
     for (j, &i) in p.bundle.encoders.iter().enumerate() {
         let e = &p.contents.encoders[i];
@@ -514,32 +510,7 @@ fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
         },
         subject: p.bundle.subject.clone(),
         hemisphere: to_contract_hemisphere(p.bundle.hemisphere),
-        input: InputSpec {
-            tensor: float(
-                contract::INPUT_NAME,
-                vec![
-                    Dim::batch(),
-                    Dim::Fixed(3),
-                    Dim::Fixed(size as u64),
-                    Dim::Fixed(size as u64),
-                ],
-            ),
-            layout: "NCHW".into(),
-            channels: "RGB".into(),
-            value_range: [0.0, 1.0],
-            height: size,
-            width: size,
-            resize: ResizeSpec {
-                size,
-                filter: "triangle".into(),
-                crop: false,
-            },
-            normalization: NormalizationSpec {
-                mean: images::IMAGENET_MEAN,
-                std: images::IMAGENET_STD,
-                in_graph: true,
-            },
-        },
+        input: InputSpec::rgb_square(size),
         outputs: OutputsSpec {
             voxels: float(
                 contract::VOXELS_OUTPUT,
