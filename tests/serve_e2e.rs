@@ -64,7 +64,7 @@ url, model, onnx_path, photos = sys.argv[1:5]
 try:
     import tritonclient.http as th
 except ImportError:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "tritonclient[http]"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-cache-dir", "tritonclient[http]==2.73.0"], check=True)
     import tritonclient.http as th
 
 def post(path, body, ctype="application/json", accept=None):
