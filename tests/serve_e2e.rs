@@ -4,20 +4,36 @@
 //! HTTP with ONNX Runtime, and queried from Python: base64 images, .npy tensors
 //! (compared with Python's onnxruntime on the same file), the official `tritonclient`
 //! over KServe v2, and 16 concurrent requests that must batch (seen in /metrics).
+//! Then the `vcl-serve` binary itself: a new version swaps in on SIGHUP while requests
+//! keep being answered, and SIGTERM drains a request in flight before it exits.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use vcl_server::http::{start_background, AppState};
-use vcl_server::repository::{self, Repository};
+use vcl_server::repository::{self, Live, Repository};
 use vcl_server::runtime::DeviceChoice;
 use vcl_server::Config;
-use vcl_tests::{python, run_python};
+use vcl_tests::{python, run_python, serve_bin};
 use vcl_trainer::algonauts::Hemisphere;
 use vcl_trainer::backbones::{Arch, Device};
 use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
 use vcl_trainer::onnx_export::{export, ExportOptions};
 use vcl_trainer::{paths, ridge};
+
+/// The tiny fit's repository, made once per test process under target/tmp; each test
+/// copies what it changes.
+fn shared_export() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("serve_e2e");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        exported(&dir)
+    })
+}
 
 /// A model repository with the tiny fit's two hemisphere models (64 px).
 fn exported(dir: &Path) -> PathBuf {
@@ -52,7 +68,11 @@ fn exported(dir: &Path) -> PathBuf {
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap().flatten() {
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
 }
 
@@ -153,7 +173,8 @@ print(f"ok: {bcount:.0f} batches for {bsum:.0f} images")
 #[test]
 fn serves_an_exported_repository_to_python_and_tritonclient() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = exported(dir.path());
+    let repo = dir.path().join("exports");
+    copy_dir(shared_export(), &repo);
     let model = "subj01-lh-untuned-mobilenet_v2";
     // A corrupt model (its file changed after export) and an unfinished version.
     let corrupt = repo.join("corrupt-model/1");
@@ -185,8 +206,9 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    let open = repository::ort_opener(&cfg, rt).unwrap();
     let state = AppState {
-        repo: Arc::new(loaded),
+        live: Arc::new(Live::new(loaded, cfg.clone(), open)),
         cfg: Arc::new(cfg),
         render_metrics: Arc::new(move || handle.render()),
     };
@@ -206,4 +228,223 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
     eprintln!("{out}");
     assert!(out.contains("ok:"), "{out}");
     drop(server);
+}
+
+/// Drives a running `vcl-serve` (pid, url): a SIGHUP reload under load, then a SIGTERM
+/// while a long request is in flight.
+const SIGNALS: &str = r#"
+import io, json, os, shutil, signal, sys, threading, time, urllib.request, urllib.error
+import numpy as np
+url, model, repo, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def get(path):
+    try:
+        with urllib.request.urlopen(url + path, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError as e:
+        return None, str(e).encode()
+
+def predict(x):
+    buf = io.BytesIO(); np.save(buf, x.astype(np.float32))
+    req = urllib.request.Request(url + f"/v1/models/{model}/predict", data=buf.getvalue(),
+        headers={"content-type": "application/x-npy"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        v = json.loads(r.read())
+    return v["version"], np.asarray(v["predictions"], dtype=np.float32)
+
+def metric(name, **labels):
+    text = get("/metrics")[1].decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            if line[len(name)] in "{ ":
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+for _ in range(600):
+    if get("/readyz")[0] == 200: break
+    time.sleep(0.1)
+else:
+    sys.exit("never ready")
+info = json.loads(get(f"/v1/models/{model}")[1])
+h, w = info["input"]["height"], info["input"]["width"]
+x = np.random.default_rng(0).random((3, 3, h, w), dtype=np.float32)
+v, before = predict(x)
+assert v == 1, v
+
+# A second version (the same weights) published the way vcl export publishes: written
+# aside, then renamed into place.
+part = f"{repo}/{model}/.partial-2"
+shutil.copytree(f"{repo}/{model}/1", part)
+with open(f"{part}/manifest.json") as f: mf = json.load(f)
+mf["model"]["version"] = 2
+with open(f"{part}/manifest.json", "w") as f: json.dump(mf, f)
+os.rename(part, f"{repo}/{model}/2")
+
+seen, errors, stop = [], [], threading.Event()
+def load():
+    while not stop.is_set():
+        try:
+            ver, y = predict(x)
+            seen.append(ver)
+            if not np.allclose(y, before, atol=1e-5): errors.append(f"v{ver} differs")
+        except Exception as e:
+            errors.append(repr(e))
+threads = [threading.Thread(target=load) for _ in range(4)]
+for t in threads: t.start()
+time.sleep(0.3)
+os.kill(pid, signal.SIGHUP)
+t0 = time.time()
+while json.loads(get(f"/v1/models/{model}")[1])["version"] != 2:
+    assert time.time() - t0 < 120, "version 2 never served"
+    time.sleep(0.05)
+time.sleep(0.3)
+stop.set()
+for t in threads: t.join()
+assert not errors, errors[:5]
+assert 1 in seen and 2 in seen, sorted(set(seen))
+assert metric("vcl_repository_reloads_total", result="ok") >= 1
+assert metric("vcl_model_info", model=model, version="1") == 0
+assert metric("vcl_model_info", model=model, version="2") == 1
+print(f"reload ok: {len(seen)} answers during the swap, versions {sorted(set(seen))}")
+
+# SIGTERM while a long request runs: it must still be answered in full.
+big = np.random.default_rng(1).random((384, 3, h, w), dtype=np.float32)
+answer = {}
+def long_request():
+    try: answer["rows"] = predict(big)[1].shape[0]
+    except Exception as e: answer["error"] = repr(e)
+t = threading.Thread(target=long_request); t.start()
+t0 = time.time()
+while metric("vcl_queue_depth", model=model) <= 0:
+    assert time.time() - t0 < 60 and t.is_alive(), f"the request never queued: {answer}"
+    time.sleep(0.005)
+os.kill(pid, signal.SIGTERM)
+t.join()
+assert answer.get("rows") == 384, answer
+print("drain ok: 384 rows after SIGTERM")
+"#;
+
+#[test]
+fn vcl_serve_reloads_on_sighup_and_drains_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("exports");
+    let model = "subj01-lh-untuned-mobilenet_v2";
+    copy_dir(&shared_export().join(model), &repo.join(model));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("serve.log");
+    let logfile = std::fs::File::create(&log).unwrap();
+    // Batches of one image make the drained request long enough to be caught in flight.
+    let mut child = Command::new(serve_bin())
+        .args(["--model-repository", repo.to_str().unwrap()])
+        .args(["--port", &port.to_string(), "--device", "cpu"])
+        .args(["--max-batch-size", "1", "--intra-threads", "1"])
+        .env("RUST_LOG", "info")
+        .stdout(logfile.try_clone().unwrap())
+        .stderr(logfile)
+        .spawn()
+        .expect("vcl-serve starts");
+    let url = PathBuf::from(format!("http://127.0.0.1:{port}"));
+    let pid = PathBuf::from(child.id().to_string());
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(SIGNALS)
+        .args([
+            url.as_os_str(),
+            model.as_ref(),
+            repo.as_os_str(),
+            pid.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    if !out.status.success() {
+        let _ = child.kill();
+        panic!(
+            "client failed:\n{stdout}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            read_log()
+        );
+    }
+    eprintln!("{stdout}");
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("vcl-serve did not stop after SIGTERM:\n{}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = read_log();
+    assert!(status.success(), "exit {status}:\n{log}");
+    assert!(log.contains("repository reloaded"), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+}
+
+/// The Dockerfile cannot be built here (no Docker engine); what can drift from the
+/// workspace is checked instead: the ONNX Runtime release (the CPU wheel's pin), every
+/// workspace member in the build stage, a toolchain no older than `rust-version`, and
+/// the heavy local folders kept out of the build context.
+#[test]
+fn dockerfile_follows_the_workspace() {
+    let root = vcl_tests::repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let docker = read("Dockerfile");
+    let ort = read("scripts/requirements.txt")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("onnxruntime==").map(str::to_string))
+        .expect("requirements.txt pins onnxruntime");
+    assert!(
+        docker.contains(&format!("ARG ONNXRUNTIME_VERSION={ort}")),
+        "the Dockerfile's ONNX Runtime is not the pinned {ort}"
+    );
+    assert!(docker.contains("\"onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_VERSION}\""));
+    let cargo = read("Cargo.toml");
+    let members = cargo
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members = "))
+        .expect("workspace members");
+    let members: Vec<&str> = members.split('"').skip(1).step_by(2).collect();
+    assert!(members.len() >= 4, "{members:?}");
+    for m in members.iter().chain(&["build-support"]) {
+        assert!(
+            docker.lines().any(|l| l.trim() == format!("COPY {m} {m}")),
+            "the Dockerfile does not copy {m}"
+        );
+    }
+    let version = |s: &str| -> (u32, u32) {
+        let mut it = s.split('.').map(|x| x.parse::<u32>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    };
+    let wanted = cargo
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .expect("rust-version")
+        .trim_matches('"');
+    let image = docker
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .expect("a rust build stage");
+    let image = image.split(['-', ' ']).next().unwrap();
+    assert!(
+        version(image) >= version(wanted),
+        "rust:{image} is older than rust-version {wanted}"
+    );
+    let ignore = read(".dockerignore");
+    for p in ["target", ".venv", ".cache", "exports"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == p),
+            ".dockerignore lacks {p}"
+        );
+    }
 }

@@ -38,18 +38,28 @@ pub fn run_python(code: &str, args: &[&Path]) -> String {
 /// profile as the tests.
 pub fn vcl_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "vcl-trainer", "--bin", "vcl"])
-            .current_dir(repo_root())
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building vcl failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target"));
-        target.join("debug/vcl")
-    })
+    BIN.get_or_init(|| workspace_bin("vcl-trainer", "vcl"))
+}
+
+/// The `vcl-serve` binary of this workspace, built once per test process.
+pub fn serve_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("vcl-server", "vcl-serve"))
+}
+
+/// Builds `package`'s binary `bin` in the debug profile (a no-op when `cargo build
+/// --workspace --bins` ran first) and returns its path.
+fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(repo_root())
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building {bin} failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("debug").join(bin)
 }
 
 /// Runs `vcl args...` and returns its output, whatever its exit status.

@@ -96,9 +96,27 @@ fn transfer_matrix_and_comparison_on_tiny() {
     assert!((0.0..=1.0).contains(&frac));
     assert!(cmp_dir.join("comparison.md").exists() && cmp_dir.join("comparison.png").exists());
 
-    // Two runs with one label cannot be told apart.
+    // One method's subjects may come in separate runs (a CL backbone is tuned per
+    // subject): subj02's tuned fit joins subj01's, and the paired test has two subjects.
+    let cl_fit2 = dir.path().join("cl-fit-subj02");
+    let cfg2 = FitConfig {
+        subjects: vec!["subj02".into()],
+        ..cfg.clone()
+    };
+    encoding::fit(&cfg2, &cl_fit2, &cache, Device::Cpu).unwrap();
+    encoding::evaluate(&cl_fit2, &cache, Device::Cpu).unwrap();
+    let cl_fit = dir.path().join("cl-fit");
+    let cmp = compare::compare(&[untuned.clone(), cl_fit, cl_fit2], None, &cmp_dir).unwrap();
+    let v1 = cmp.rois.iter().find(|r| r.roi == "V1").unwrap();
+    assert_eq!(v1.subjects, vec!["subj01", "subj02"]);
+    assert!(v1.versus[0].paired_p.is_some(), "{:?}", v1.versus);
+
+    // The same subject twice under one label cannot be told apart.
     let e = compare::compare(&[untuned.clone(), untuned], None, &cmp_dir)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("two runs are labelled 'untuned'"), "{e}");
+    assert!(
+        e.contains("two runs labelled 'untuned' both evaluate subj01"),
+        "{e}"
+    );
 }

@@ -6,7 +6,7 @@
 //! than the delay). Each entry carries its reply channel, enqueue time and deadline:
 //! entries whose client hung up are skipped and counted, expired ones answered 503.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,13 +41,44 @@ pub struct BatcherConfig {
     pub n_rois: usize,
 }
 
+/// A model's warm-up state: set once by its batcher, read by requests, readiness
+/// probes, and a reload waiting to swap the model in (which must tell a failed
+/// warm-up from a slow one).
+#[derive(Debug)]
+pub struct Readiness(AtomicU8);
+
+const WARMING: u8 = 0;
+const READY: u8 = 1;
+const FAILED: u8 = 2;
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness(AtomicU8::new(WARMING))
+    }
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == READY
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == FAILED
+    }
+
+    fn set(&self, ok: bool) {
+        self.0
+            .store(if ok { READY } else { FAILED }, Ordering::SeqCst);
+    }
+}
+
 /// Starts the model's thread: a warm-up inference (then `ready` is set), then batches
 /// until every sender is gone.
 pub fn spawn(
     cfg: BatcherConfig,
     backend: Box<dyn Backend>,
     rx: Receiver<Entry>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::Builder::new()
         .name(format!("batcher-{}", cfg.model))
@@ -59,17 +90,18 @@ fn run(
     cfg: BatcherConfig,
     mut backend: Box<dyn Backend>,
     rx: Receiver<Entry>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
 ) {
     let t = Instant::now();
     let warm = vec![0.5f32; cfg.chw.iter().product()];
     match backend.predict(1, warm) {
         Ok(_) => {
             tracing::info!(model = %cfg.model, ms = t.elapsed().as_millis() as u64, "warm-up done, ready");
-            ready.store(true, Ordering::SeqCst);
+            ready.set(true);
         }
         Err(e) => {
-            tracing::error!(model = %cfg.model, error = %e, "warm-up inference failed: the model stays not ready")
+            tracing::error!(model = %cfg.model, error = %e, "warm-up inference failed: the model stays not ready");
+            ready.set(false);
         }
     }
     let mut pending: Option<Entry> = None;

@@ -52,6 +52,10 @@ pub struct Config {
     /// Bearer token required on everything but health and metrics (unset: no auth).
     #[arg(long, env = "VCL_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Seconds between scans of the model repository for new or removed versions
+    /// (0: none; SIGHUP or POST /v1/repository/reload always rescan).
+    #[arg(long, env = "VCL_POLL_INTERVAL_S", default_value_t = 0)]
+    pub poll_interval_s: u64,
     /// HTTP worker threads (0: one per core).
     #[arg(long, env = "VCL_HTTP_WORKERS", default_value_t = 0)]
     pub http_workers: usize,
@@ -75,6 +79,7 @@ impl Config {
             intra_threads: 0,
             ort_dylib_path: None,
             api_key: None,
+            poll_interval_s: 0,
             http_workers: 0,
         }
     }

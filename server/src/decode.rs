@@ -1,6 +1,7 @@
-//! Request payloads to model input: base64 PNG/JPEG images resized as the manifest
-//! says (bilinear with antialiasing, the image crate's Triangle filter, no crop, as the
-//! trainer resized its images) to [0, 1] RGB, and float32 .npy tensors in and out.
+//! Request payloads to model input: PNG/JPEG images (base64 in JSON, or raw bytes from
+//! multipart uploads) resized as the manifest says (bilinear with antialiasing, the
+//! image crate's Triangle filter, no crop, as the trainer resized its images) to
+//! [0, 1] RGB, and float32 .npy tensors in and out.
 
 use std::io::Cursor;
 
@@ -11,18 +12,35 @@ use crate::error::ServerError;
 
 /// Decodes base64 PNG/JPEG images to float32 [n, 3, h, w] in [0, 1].
 pub fn images(b64: &[String], h: u32, w: u32, max_side: u32) -> Result<Vec<f32>, ServerError> {
+    let files = b64
+        .iter()
+        .enumerate()
+        .map(|(index, s)| {
+            // Accept data URLs: "data:image/png;base64,...".
+            let s = s.split_once(";base64,").map_or(s.as_str(), |(_, d)| d);
+            base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|e| ServerError::BadBase64 {
+                    index,
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    files_to_pixels(&files, h, w, max_side)
+}
+
+/// Decodes PNG/JPEG files (raw bytes, as multipart uploads carry them) to float32
+/// [n, 3, h, w] in [0, 1].
+pub fn files_to_pixels<B: AsRef<[u8]>>(
+    files: &[B],
+    h: u32,
+    w: u32,
+    max_side: u32,
+) -> Result<Vec<f32>, ServerError> {
     let plane = (h * w) as usize;
-    let mut out = Vec::with_capacity(b64.len() * 3 * plane);
-    for (index, s) in b64.iter().enumerate() {
-        // Accept data URLs: "data:image/png;base64,...".
-        let s = s.split_once(";base64,").map_or(s.as_str(), |(_, d)| d);
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(s.trim())
-            .map_err(|e| ServerError::BadBase64 {
-                index,
-                reason: e.to_string(),
-            })?;
-        let rgb = decode_one(&bytes, index, max_side)?;
+    let mut out = Vec::with_capacity(files.len() * 3 * plane);
+    for (index, bytes) in files.iter().enumerate() {
+        let rgb = decode_one(bytes.as_ref(), index, max_side)?;
         let resized = if rgb.width() == w && rgb.height() == h {
             rgb
         } else {

@@ -18,6 +18,11 @@ pub enum ServerError {
     #[error("request body is not valid JSON for this endpoint: {0}")]
     InvalidJson(String),
 
+    /// A multipart/form-data body that does not parse, or a form field that is unknown
+    /// or not text.
+    #[error("bad multipart/form-data body: {0}")]
+    BadMultipart(String),
+
     #[error("images[{index}] is not valid base64: {reason}")]
     BadBase64 { index: usize, reason: String },
 
@@ -36,7 +41,7 @@ pub enum ServerError {
     #[error("the request body is over the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
 
-    #[error("unsupported content type '{0}': send application/json or application/x-npy")]
+    #[error("unsupported content type '{0}': send application/json, application/x-npy or multipart/form-data")]
     UnsupportedMediaType(String),
 
     /// A tensor of the wrong shape, dtype or length (.npy body or KServe input).
@@ -80,9 +85,11 @@ impl ServerError {
     pub fn status(&self) -> StatusCode {
         use ServerError::*;
         match self {
-            InvalidJson(_) | BadBase64 { .. } | EmptyBatch | InvalidModelName(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            InvalidJson(_)
+            | BadMultipart(_)
+            | BadBase64 { .. }
+            | EmptyBatch
+            | InvalidModelName(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
             BatchTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -103,6 +110,7 @@ impl ServerError {
             Contract(_) => "contract",
             Repository(_) => "repository",
             InvalidJson(_) => "invalid_json",
+            BadMultipart(_) => "bad_multipart",
             BadBase64 { .. } => "bad_base64",
             NotAnImage { .. } => "not_an_image",
             ImageTooLarge { .. } => "image_too_large",
@@ -130,6 +138,7 @@ impl ServerError {
             Contract(vcl_contract::ContractError::Inference("x".into())),
             Repository("x".into()),
             InvalidJson("x".into()),
+            BadMultipart("x".into()),
             BadBase64 {
                 index: 0,
                 reason: "x".into(),
@@ -197,6 +206,7 @@ mod tests {
             ("contract", 500),
             ("repository", 500),
             ("invalid_json", 400),
+            ("bad_multipart", 400),
             ("bad_base64", 400),
             ("not_an_image", 422),
             ("image_too_large", 422),

@@ -1,8 +1,10 @@
 //! The HTTP layer: thin actix-web handlers over [`crate::infer`]. Every handler goes
-//! through the same helpers: [`model`] (name check and lookup), [`read_body`] (the
-//! body limit, enforced here rather than by actix's defaults), [`media`] (content
-//! type) and [`finish`] (request metrics by model, route and status).
+//! through the same helpers: [`model`] (name check and lookup in the repository's
+//! current snapshot), [`read_body`] (the body limit, enforced here rather than by
+//! actix's defaults, for multipart uploads too), [`media`] (content type) and
+//! [`finish`] (request metrics by model, route and status).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,12 +24,13 @@ use crate::error::ServerError;
 use crate::infer::{provider_name, Model};
 use crate::metrics as m;
 use crate::rank::{self, Objective};
-use crate::repository::Repository;
+use crate::repository::Live;
 
 pub const NPY: &str = "application/x-npy";
 
 pub struct AppState {
-    pub repo: Arc<Repository>,
+    /// The served models; swapped whole by a reload.
+    pub live: Arc<Live>,
     pub cfg: Arc<Config>,
     /// Renders the Prometheus text (the exporter `main` installed).
     pub render_metrics: Arc<dyn Fn() -> String + Send + Sync>,
@@ -53,6 +56,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
                     .route("/v1/models/{name}", web::get().to(get_model))
                     .route("/v1/models/{name}/predict", web::post().to(predict))
                     .route("/v1/models/{name}/rank", web::post().to(rank_images))
+                    .route("/v1/repository/reload", web::post().to(reload))
                     .route("/v2", web::get().to(v2_server))
                     .route("/v2/models/{name}", web::get().to(v2_model))
                     .route("/v2/models/{name}/ready", web::get().to(v2_model_ready))
@@ -97,7 +101,8 @@ pub fn model(state: &AppState, name: &str) -> Result<Arc<Model>, ServerError> {
         return Err(ServerError::InvalidModelName(name.to_string()));
     }
     state
-        .repo
+        .live
+        .snapshot()
         .get(name)
         .cloned()
         .ok_or_else(|| ServerError::ModelNotFound(name.to_string()))
@@ -148,6 +153,7 @@ async fn read_body(
 enum Media {
     Json,
     Npy,
+    Multipart,
     Missing,
 }
 
@@ -166,6 +172,7 @@ fn media(req: &HttpRequest) -> Result<Media, ServerError> {
     match ct.as_str() {
         "application/json" => Ok(Media::Json),
         NPY | "application/octet-stream" => Ok(Media::Npy),
+        "multipart/form-data" => Ok(Media::Multipart),
         _ => Err(ServerError::UnsupportedMediaType(ct)),
     }
 }
@@ -184,6 +191,72 @@ async fn decode_images(
     let [_, h, w] = model.chw();
     let max_side = state.cfg.max_image_side;
     web::block(move || decode::images(&images, h as u32, w as u32, max_side))
+        .await
+        .map_err(|e| ServerError::Inference(format!("decoding thread: {e}")))?
+}
+
+/// A multipart/form-data body: its image files in order (parts with a filename, or
+/// named `image`/`images`) and its text fields by name.
+#[derive(Default)]
+struct Form {
+    files: Vec<web::Bytes>,
+    fields: BTreeMap<String, String>,
+}
+
+impl Form {
+    /// Refuses text fields other than `allowed` (as JSON bodies refuse unknown keys).
+    fn only(&self, allowed: &[&str]) -> Result<(), ServerError> {
+        match self.fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(ServerError::BadMultipart(format!(
+                "unknown form field '{k}' (fields: {}; images as file parts)",
+                allowed.join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Parses a multipart body that [`read_body`] already read under the limit.
+async fn read_form(req: &HttpRequest, body: web::Bytes) -> Result<Form, ServerError> {
+    let bad = |e: &dyn std::fmt::Display| ServerError::BadMultipart(e.to_string());
+    let stream =
+        futures_util::stream::once(async move { Ok::<_, actix_web::error::PayloadError>(body) });
+    let mut parts = actix_multipart::Multipart::new(req.headers(), stream);
+    let mut form = Form::default();
+    while let Some(part) = parts.next().await {
+        let mut part = part.map_err(|e| bad(&e))?;
+        let name = part.name().unwrap_or("").to_string();
+        let is_file = part
+            .content_disposition()
+            .and_then(|d| d.get_filename())
+            .is_some()
+            || name == "image"
+            || name == "images";
+        let mut buf = web::BytesMut::new();
+        while let Some(chunk) = part.next().await {
+            buf.extend_from_slice(&chunk.map_err(|e| bad(&e))?);
+        }
+        if is_file {
+            form.files.push(buf.freeze());
+        } else {
+            let text = String::from_utf8(buf.to_vec())
+                .map_err(|_| bad(&format!("field '{name}' is not UTF-8 text")))?;
+            form.fields.insert(name, text);
+        }
+    }
+    Ok(form)
+}
+
+/// Decodes uploaded image files off the async workers.
+async fn decode_files(
+    state: &AppState,
+    model: &Model,
+    files: Vec<web::Bytes>,
+) -> Result<Vec<f32>, ServerError> {
+    model.check_count(files.len())?;
+    let [_, h, w] = model.chw();
+    let max_side = state.cfg.max_image_side;
+    web::block(move || decode::files_to_pixels(&files, h as u32, w as u32, max_side))
         .await
         .map_err(|e| ServerError::Inference(format!("decoding thread: {e}")))?
 }
@@ -255,6 +328,22 @@ async fn predict(
                 let (shape, values) = decode::read_npy(&body)?;
                 (check_shape(&model, &shape)?, values, None)
             }
+            Media::Multipart => {
+                let form = read_form(&req, body).await?;
+                form.only(&["reduce"])?;
+                let reduce = match form.fields.get("reduce").map(|r| r.trim()) {
+                    None => None,
+                    Some("voxel") => Some(Reduce::Voxel),
+                    Some("roi") => Some(Reduce::Roi),
+                    Some(other) => {
+                        return Err(ServerError::Invalid(format!(
+                            "reduce '{other}': voxel or roi"
+                        )))
+                    }
+                };
+                let n = form.files.len();
+                (n, decode_files(&state, &model, form.files).await?, reduce)
+            }
             Media::Missing => return Err(ServerError::UnsupportedMediaType("(none)".into())),
         };
         let out = model.predict(n, pixels).await?;
@@ -310,22 +399,49 @@ async fn rank_images(
     let start = Instant::now();
     let res = async {
         let model = model(&state, &name)?;
-        if media(&req)? != Media::Json {
+        let kind = media(&req)?;
+        if !matches!(kind, Media::Json | Media::Multipart) {
             return Err(ServerError::UnsupportedMediaType(
-                "rank takes application/json".into(),
+                "rank takes application/json or multipart/form-data".into(),
             ));
         }
         let body = read_body(&state, &req, payload).await?;
-        let r: RankRequest = json_body(&body)?;
-        rank::check(&model.manifest, &r.objective, r.top_k)?;
-        let n = r.images.len();
-        let pixels = decode_images(&state, &model, r.images).await?;
+        let (objective, top_k, n, pixels) = if kind == Media::Json {
+            let r: RankRequest = json_body(&body)?;
+            rank::check(&model.manifest, &r.objective, r.top_k)?;
+            let n = r.images.len();
+            let pixels = decode_images(&state, &model, r.images).await?;
+            (r.objective, r.top_k, n, pixels)
+        } else {
+            let form = read_form(&req, body).await?;
+            form.only(&["objective", "top_k"])?;
+            let objective: Objective = json_body(
+                form.fields
+                    .get("objective")
+                    .ok_or_else(|| ServerError::Invalid("no 'objective' field (JSON)".into()))?
+                    .as_bytes(),
+            )?;
+            let top_k = match form.fields.get("top_k") {
+                None => default_top_k(),
+                Some(k) => k.trim().parse().map_err(|_| {
+                    ServerError::Invalid(format!("top_k '{k}' is not a whole number"))
+                })?,
+            };
+            rank::check(&model.manifest, &objective, top_k)?;
+            let n = form.files.len();
+            (
+                objective,
+                top_k,
+                n,
+                decode_files(&state, &model, form.files).await?,
+            )
+        };
         let out = model.predict(n, pixels).await?;
-        let top = rank::rank(&model.manifest, &out, n, &r.objective, r.top_k)?;
+        let top = rank::rank(&model.manifest, &out, n, &objective, top_k)?;
         Ok(HttpResponse::Ok().json(json!({
             "model": model.name(),
             "version": model.manifest.model.version,
-            "objective": r.objective,
+            "objective": objective,
             "rois": model.manifest.rois.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             "candidates": n,
             "top": top,
@@ -354,8 +470,19 @@ fn summary(model: &Model) -> Value {
 }
 
 async fn list_models(state: web::Data<AppState>) -> Res {
-    let models: Vec<Value> = state.repo.models.values().map(|m| summary(m)).collect();
+    let repo = state.live.snapshot();
+    let models: Vec<Value> = repo.models.values().map(|m| summary(m)).collect();
     Ok(HttpResponse::Ok().json(json!({ "models": models })))
+}
+
+/// Rescans the repository and swaps in new versions (which warm up first); answers
+/// what changed.
+async fn reload(state: web::Data<AppState>) -> Res {
+    let live = state.live.clone();
+    let report = web::block(move || live.reload())
+        .await
+        .map_err(|e| ServerError::Inference(format!("reload thread: {e}")))??;
+    Ok(HttpResponse::Ok().json(report))
 }
 
 async fn get_model(state: web::Data<AppState>, name: web::Path<String>) -> Res {
@@ -370,13 +497,13 @@ async fn live() -> HttpResponse {
 }
 
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let models: serde_json::Map<String, Value> = state
-        .repo
+    let repo = state.live.snapshot();
+    let models: serde_json::Map<String, Value> = repo
         .models
         .iter()
         .map(|(k, m)| (k.clone(), Value::Bool(m.is_ready())))
         .collect();
-    if state.repo.all_ready() {
+    if repo.all_ready() {
         HttpResponse::Ok().json(json!({"status": "ready", "models": models}))
     } else {
         HttpResponse::ServiceUnavailable()
@@ -542,7 +669,7 @@ async fn v2_infer(
         match media(&req)? {
             Media::Json | Media::Missing => {}
             Media::Npy if json_len.is_some() => {}
-            Media::Npy => {
+            Media::Npy | Media::Multipart => {
                 return Err(ServerError::UnsupportedMediaType(
                     "v2 infer takes application/json (or the binary tensor data extension)".into(),
                 ))

@@ -4,17 +4,16 @@
 //! and awaits their replies before the request's deadline.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Semaphore};
 use vcl_contract::manifest::Manifest;
 use vcl_contract::runtime::Provider;
 
 use crate::backend::{chw, Backend, Outputs};
-use crate::batcher::{self, BatcherConfig, Entry};
+use crate::batcher::{self, BatcherConfig, Entry, Readiness};
 use crate::config::Config;
 use crate::error::ServerError;
 use crate::metrics as m;
@@ -27,10 +26,10 @@ pub struct Model {
     pub dir: PathBuf,
     tx: Sender<Entry>,
     permits: Arc<Semaphore>,
-    ready: Arc<AtomicBool>,
+    ready: Arc<Readiness>,
     max_batch_size: usize,
     max_request_images: usize,
-    timeout: std::time::Duration,
+    timeout: Duration,
 }
 
 /// Where a model came from, besides its manifest.
@@ -49,7 +48,7 @@ impl Model {
         cfg: &Config,
     ) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
-        let ready = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(Readiness::default());
         let name = manifest.model.name.clone();
         batcher::spawn(
             BatcherConfig {
@@ -85,12 +84,40 @@ impl Model {
         }
     }
 
+    /// Marks this version as no longer served in the metrics (its batcher stops by
+    /// itself once the last request holding it is done).
+    pub fn retire(&self) {
+        m::model_retired(
+            self.name(),
+            self.manifest.model.version,
+            provider_name(self.provider),
+        );
+    }
+
     pub fn name(&self) -> &str {
         &self.manifest.model.name
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.is_ready()
+    }
+
+    /// Blocks until the warm-up inference is done: Err when it failed or took longer
+    /// than `timeout` (a reload then keeps the version it was to replace).
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let until = Instant::now() + timeout;
+        loop {
+            if self.ready.is_ready() {
+                return Ok(());
+            }
+            if self.ready.has_failed() {
+                return Err("its warm-up inference failed".into());
+            }
+            if Instant::now() >= until {
+                return Err(format!("no warm-up within {} s", timeout.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// [3, H, W] of one input image.

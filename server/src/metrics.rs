@@ -14,6 +14,7 @@ pub const QUEUE_DEPTH: &str = "vcl_queue_depth";
 pub const IMAGES: &str = "vcl_images_total";
 pub const DROPPED: &str = "vcl_dropped_total";
 pub const MODEL_INFO: &str = "vcl_model_info";
+pub const RELOADS: &str = "vcl_repository_reloads_total";
 
 /// Describes every metric (call once, after installing a recorder).
 pub fn describe() {
@@ -36,7 +37,11 @@ pub fn describe() {
         DROPPED,
         "queue entries dropped: client gone or deadline passed"
     );
-    metrics::describe_gauge!(MODEL_INFO, "1 per served model, with version and provider");
+    metrics::describe_gauge!(
+        MODEL_INFO,
+        "1 per served model version, with provider; 0 once a reload replaced it"
+    );
+    metrics::describe_counter!(RELOADS, "repository reloads by result (ok, failed)");
 }
 
 /// Histogram buckets for the exporter: seconds and batch sizes.
@@ -89,4 +94,14 @@ pub fn dropped(model: &str, reason: &'static str) {
 pub fn model_info(model: &str, version: u32, provider: &str) {
     gauge!(MODEL_INFO, "model" => model.to_string(), "version" => version.to_string(), "provider" => provider.to_string())
         .set(1.0);
+}
+
+/// A version no longer served (replaced or removed by a reload).
+pub fn model_retired(model: &str, version: u32, provider: &str) {
+    gauge!(MODEL_INFO, "model" => model.to_string(), "version" => version.to_string(), "provider" => provider.to_string())
+        .set(0.0);
+}
+
+pub fn reload(result: &'static str) {
+    counter!(RELOADS, "result" => result).increment(1);
 }

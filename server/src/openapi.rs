@@ -79,10 +79,12 @@ pub fn document(cfg: &Config) -> Value {
         "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
         "application/x-npy": {"schema": {"type": "string", "format": "binary",
             "description": "float32 little-endian .npy, shape [N, 3, H, W], RGB in [0, 1]"}},
+        "multipart/form-data": {"schema": {"$ref": "#/components/schemas/PredictForm"}},
     }});
     let predict_errors = errors(
         INPUT_ERRORS,
         &[
+            "bad_multipart",
             "bad_base64",
             "not_an_image",
             "image_too_large",
@@ -124,6 +126,14 @@ pub fn document(cfg: &Config) -> Value {
                 "PredictRequest": {"type": "object", "required": ["images"], "properties": {
                     "images": {"type": "array", "items": {"type": "string", "description": "base64 PNG or JPEG"}},
                     "reduce": {"type": "string", "enum": ["voxel", "roi"], "default": "voxel"}}},
+                "PredictForm": {"type": "object", "properties": {
+                    "images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                        "description": "PNG or JPEG files, in order (any part with a filename counts)"},
+                    "reduce": {"type": "string", "enum": ["voxel", "roi"], "default": "voxel"}}},
+                "RankForm": {"type": "object", "required": ["objective"], "properties": {
+                    "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                    "objective": {"type": "string", "description": "the objective as JSON (see RankRequest)"},
+                    "top_k": {"type": "integer", "default": 10, "minimum": 1}}},
                 "RankRequest": {"type": "object", "required": ["images", "objective"], "properties": {
                     "images": {"type": "array", "items": {"type": "string"}},
                     "top_k": {"type": "integer", "default": 10, "minimum": 1},
@@ -147,8 +157,14 @@ pub fn document(cfg: &Config) -> Value {
             "/v1/models/{name}": {"get": op("a model: summary and manifest", ok_json("model"), lookup.clone(), None)},
             "/v1/models/{name}/predict": {"post": op("voxel or ROI predictions", predict_ok, predict_errors, Some(images_body))},
             "/v1/models/{name}/rank": {"post": op("top k candidate images for an objective", ok_json("ranking"),
-                errors(INPUT_ERRORS, &["bad_base64", "not_an_image", "image_too_large", "invalid"]),
-                Some(json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}}}})))},
+                errors(INPUT_ERRORS, &["bad_multipart", "bad_base64", "not_an_image", "image_too_large", "invalid"]),
+                Some(json!({"required": true, "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/RankRequest"}},
+                    "multipart/form-data": {"schema": {"$ref": "#/components/schemas/RankForm"}}}})))},
+            "/v1/repository/reload": {"post": {"summary": "rescan the model repository; new versions warm up, then swap in whole (as on SIGHUP)",
+                "responses": {"200": ok_json("what changed: added, updated, removed, kept, failed"),
+                    "401": errors(&["unauthorized"], &[])["401"].clone(),
+                    "500": errors(&["repository"], &[])["500"].clone()}}},
             "/v2/models/{name}": {"get": op("KServe v2 model metadata", ok_json("metadata"), lookup, None)},
             "/v2/models/{name}/ready": {"get": op("KServe v2 model readiness", ok_json("ready"), model_ready, None)},
             "/v2/models/{name}/infer": {"post": op("KServe v2 inference (JSON tensors)", ok_json("outputs voxels and roi_means"),

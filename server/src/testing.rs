@@ -1,4 +1,5 @@
-//! A small valid manifest for tests that run a [`crate::backend::FakeBackend`].
+//! Test helpers: a small valid manifest, and model repositories on disk served by
+//! [`crate::backend::FakeBackend`]s.
 
 use vcl_contract::manifest::*;
 
@@ -85,4 +86,47 @@ pub fn manifest(name: &str, size: u32, rois: &[(&str, usize)]) -> Manifest {
         },
         model_sha256: "0".repeat(64),
     }
+}
+
+/// Publishes `<root>/<name>/<version>/` with a stand-in `model.onnx` holding `model`
+/// (see [`fake_opener`]) and a manifest whose checksum matches it.
+pub fn write_version(
+    root: &std::path::Path,
+    name: &str,
+    version: u32,
+    size: u32,
+    rois: &[(&str, usize)],
+    model: &[u8],
+) -> std::path::PathBuf {
+    let dir = root.join(name).join(version.to_string());
+    std::fs::create_dir_all(&dir).expect("creating a version folder");
+    let file = dir.join(MODEL_FILE);
+    std::fs::write(&file, model).expect("writing model.onnx");
+    let mut m = manifest(name, size, rois);
+    m.model.version = version;
+    m.model_sha256 = sha256_file(&file).expect("hashing model.onnx");
+    m.write(&dir).expect("writing manifest.json");
+    dir
+}
+
+/// Opens version folders as [`FakeBackend`]s. The stand-in `model.onnx` steers it:
+/// `corrupt` fails to open, `fail` opens but fails every inference (its warm-up too),
+/// anything else serves.
+pub fn fake_opener() -> std::sync::Arc<crate::repository::Opener> {
+    std::sync::Arc::new(|dir: &std::path::Path, manifest: &Manifest| {
+        let bytes = std::fs::read(dir.join(MODEL_FILE))
+            .map_err(|e| crate::ServerError::Repository(format!("{}: {e}", dir.display())))?;
+        if bytes.starts_with(b"corrupt") {
+            return Err(crate::ServerError::Repository(format!(
+                "{}: not an ONNX model",
+                dir.display()
+            )));
+        }
+        let mut fake = crate::backend::FakeBackend::new(manifest);
+        fake.fail = bytes.starts_with(b"fail");
+        Ok((
+            Box::new(fake) as Box<dyn crate::backend::Backend>,
+            vcl_contract::runtime::Provider::Cpu,
+        ))
+    })
 }

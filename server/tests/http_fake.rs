@@ -1,5 +1,6 @@
-//! The HTTP API over the fake backend: answers, every bad-input status with its JSON
-//! error, overload (429), deadlines (503), auth, batching and metrics.
+//! The HTTP API over the fake backend: answers (JSON, .npy and multipart uploads),
+//! every bad-input status with its JSON error, overload (429), deadlines (503), auth,
+//! batching and metrics, and reloads of a repository on disk that swap versions whole.
 
 use std::io::Cursor;
 use std::sync::{Arc, OnceLock};
@@ -13,7 +14,7 @@ use vcl_server::backend::FakeBackend;
 use vcl_server::decode;
 use vcl_server::http::{configure, AppState};
 use vcl_server::infer::{Model, Origin};
-use vcl_server::repository::Repository;
+use vcl_server::repository::{Live, Repository};
 use vcl_server::runtime::Provider;
 use vcl_server::{testing, Config};
 
@@ -62,7 +63,7 @@ fn fixture(cfg: Config, tweak: impl FnOnce(&mut FakeBackend)) -> Fixture {
     assert!(repo.all_ready());
     Fixture {
         state: web::Data::new(AppState {
-            repo: Arc::new(repo),
+            live: Arc::new(Live::new(repo, cfg.clone(), testing::fake_opener())),
             cfg: Arc::new(cfg),
             render_metrics: Arc::new(|| handle.render()),
         }),
@@ -71,12 +72,43 @@ fn fixture(cfg: Config, tweak: impl FnOnce(&mut FakeBackend)) -> Fixture {
     }
 }
 
-fn png(w: u32, h: u32, rgb: [u8; 3]) -> String {
+fn png_bytes(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
     let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
     let mut buf = Vec::new();
     img.write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
         .unwrap();
-    base64::engine::general_purpose::STANDARD.encode(buf)
+    buf
+}
+
+fn png(w: u32, h: u32, rgb: [u8; 3]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(png_bytes(w, h, rgb))
+}
+
+const BOUNDARY: &str = "vcl-test-boundary-7f3a";
+
+/// A multipart/form-data request: (field name, file name, bytes) per part.
+fn multipart(path: &str, parts: &[(&str, Option<&str>, &[u8])]) -> test::TestRequest {
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        let disposition = match file {
+            Some(f) => {
+                format!("form-data; name=\"{name}\"; filename=\"{f}\"\r\ncontent-type: image/png")
+            }
+            None => format!("form-data; name=\"{name}\""),
+        };
+        body.extend_from_slice(format!("content-disposition: {disposition}\r\n\r\n").as_bytes());
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    test::TestRequest::post()
+        .uri(path)
+        .insert_header((
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        ))
+        .set_payload(body)
 }
 
 macro_rules! app {
@@ -561,7 +593,7 @@ async fn entries_whose_client_left_are_skipped_and_counted() {
     let mut cfg = Config::defaults();
     cfg.max_queue_delay_ms = 0;
     let f = fixture(cfg, |b| b.delay = Duration::from_millis(150));
-    let model = f.state.repo.get("fake-model").unwrap().clone();
+    let model = f.state.live.snapshot().get("fake-model").unwrap().clone();
     let px = |n: usize| vec![0.25f32; n * 3 * 64];
     let busy = model.predict(1, px(1));
     let gone = async {
@@ -580,4 +612,307 @@ async fn entries_whose_client_left_are_skipped_and_counted() {
             .any(|l| l.starts_with("vcl_dropped_total") && l.contains("reason=\"client_gone\"")),
         "{text}"
     );
+}
+
+#[actix_web::test]
+async fn multipart_uploads_predict_and_rank() {
+    let mut cfg = Config::defaults();
+    cfg.max_request_images = 3;
+    cfg.max_body_bytes = 50_000;
+    let f = fixture(cfg, |_| {});
+    let app = app!(f);
+    let (red, blue) = (
+        png_bytes(20, 12, [255, 0, 0]),
+        png_bytes(8, 8, [0, 51, 255]),
+    );
+    let path = "/v1/models/fake-model/predict";
+    let (s, v) = send!(
+        &app,
+        multipart(
+            path,
+            &[
+                ("images", Some("a.png"), &red),
+                ("file", Some("b.png"), &blue)
+            ]
+        )
+    );
+    assert_eq!(s, 200, "{v}");
+    let json_answer = send!(
+        &app,
+        post_json(
+            path,
+            json!({"images": [png(20, 12, [255, 0, 0]), png(8, 8, [0, 51, 255])]})
+        )
+    );
+    assert_eq!(
+        v["predictions"], json_answer.1["predictions"],
+        "multipart and base64 differ"
+    );
+    let (s, v) = send!(
+        &app,
+        multipart(path, &[("image", None, &blue), ("reduce", None, b"roi")])
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["predictions"][0].as_array().unwrap().len(), 4, "{v}");
+
+    // Rank: the objective as a JSON text field, the candidates as files.
+    let green = png_bytes(4, 4, [0, 255, 0]);
+    let (s, v) = send!(
+        &app,
+        multipart(
+            "/v1/models/fake-model/rank",
+            &[
+                ("images", Some("g.png"), &green),
+                ("images", Some("r.png"), &red),
+                ("objective", None, br#"{"maximize_roi": "R"}"#),
+                ("top_k", None, b"1"),
+            ]
+        )
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["top"][0]["index"], 1, "{v}");
+    assert_eq!(v["candidates"], 2);
+
+    // Each bad form gets its status, and names what is wrong.
+    let bad = |parts: Vec<(&'static str, Option<&'static str>, Vec<u8>)>| {
+        let parts: Vec<(&str, Option<&str>, &[u8])> = parts
+            .iter()
+            .map(|(n, f, b)| (*n, *f, b.as_slice()))
+            .collect();
+        multipart(path, &parts)
+    };
+    assert_error(
+        &send!(&app, bad(vec![("reduce", None, b"roi".to_vec())])),
+        400,
+        "empty_batch",
+    );
+    assert_error(
+        &send!(
+            &app,
+            bad(vec![("images", Some("x.png"), b"not a png".to_vec())])
+        ),
+        422,
+        "not_an_image",
+    );
+    assert_error(
+        &send!(
+            &app,
+            bad(vec![
+                ("images", Some("a.png"), red.clone()),
+                ("colour", None, b"red".to_vec())
+            ])
+        ),
+        400,
+        "bad_multipart",
+    );
+    assert_error(
+        &send!(
+            &app,
+            bad(vec![
+                ("images", Some("a.png"), red.clone()),
+                ("reduce", None, b"pixel".to_vec())
+            ])
+        ),
+        422,
+        "invalid",
+    );
+    let four = (0..4)
+        .map(|_| ("images", Some("a.png"), red.clone()))
+        .collect();
+    assert_error(&send!(&app, bad(four)), 413, "batch_too_large");
+    let huge = vec![("images", Some("big.png"), vec![0u8; 60_000])];
+    assert_error(&send!(&app, bad(huge)), 413, "body_too_large");
+    // A body cut short (no closing boundary) is a 400, not a hang or a 500.
+    let cut = test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", format!("multipart/form-data; boundary={BOUNDARY}")))
+        .set_payload(format!("--{BOUNDARY}\r\ncontent-disposition: form-data; name=\"images\"; filename=\"a\"\r\n\r\nxx"));
+    assert_error(&send!(&app, cut), 400, "bad_multipart");
+    let no_boundary = test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "multipart/form-data"))
+        .set_payload("x");
+    assert_error(&send!(&app, no_boundary), 400, "bad_multipart");
+}
+
+/// Reads `name`'s served version and a prediction through `app`.
+macro_rules! version_of {
+    ($app:expr, $name:expr) => {{
+        let (s, v) = send!(
+            $app,
+            post_json(
+                &format!("/v1/models/{}/predict", $name),
+                json!({"images": [png(4, 4, [9, 9, 9])], "reduce": "roi"})
+            )
+        );
+        assert_eq!(s, 200, "{v}");
+        (
+            v["version"].as_u64().unwrap(),
+            v["predictions"][0].as_array().unwrap().len(),
+        )
+    }};
+}
+
+#[actix_web::test]
+async fn reload_swaps_new_versions_whole_and_keeps_old_ones_on_failure() {
+    let handle = metrics_handle();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    testing::write_version(root, "a", 1, SIZE, ROIS, b"v1");
+    testing::write_version(root, "b", 1, SIZE, ROIS, b"v1");
+    let mut cfg = Config::defaults();
+    cfg.model_repository = root.to_path_buf();
+    let live = Arc::new(Live::load(&cfg, testing::fake_opener()).unwrap());
+    let state = web::Data::new(AppState {
+        live: live.clone(),
+        cfg: Arc::new(cfg),
+        render_metrics: Arc::new(|| handle.render()),
+    });
+    let app = test::init_service(App::new().configure(configure(state))).await;
+    for _ in 0..400 {
+        if live.snapshot().all_ready() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(version_of!(&app, "a"), (1, 4));
+    let old = live.snapshot();
+
+    // a: version 2 with two ROIs; b: version 2 that fails its warm-up; c: new; and an
+    // unfinished version folder that must be ignored.
+    testing::write_version(root, "a", 2, SIZE, &[("R", 1), ("G", 1)], b"v2");
+    testing::write_version(root, "b", 2, SIZE, ROIS, b"fail");
+    testing::write_version(root, "c", 1, SIZE, ROIS, b"v1");
+    testing::write_version(root, "d", 1, SIZE, ROIS, b"corrupt");
+    std::fs::create_dir_all(root.join("a/.partial-3")).unwrap();
+    let (s, report) = send!(&app, test::TestRequest::post().uri("/v1/repository/reload"));
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["added"], json!(["c"]), "{report}");
+    assert_eq!(report["updated"], json!(["a: 1 -> 2"]), "{report}");
+    assert_eq!(report["kept"], json!([]), "{report}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 2, "{report}");
+    assert!(
+        failed[0].as_str().unwrap().starts_with("b: ")
+            && failed[0].as_str().unwrap().contains("warm-up"),
+        "{report}"
+    );
+    assert!(failed[1].as_str().unwrap().starts_with("d: "), "{report}");
+
+    assert_eq!(version_of!(&app, "a"), (2, 2));
+    assert_eq!(version_of!(&app, "b"), (1, 4), "b keeps serving version 1");
+    assert_eq!(version_of!(&app, "c"), (1, 4));
+    assert_error(
+        &send!(&app, test::TestRequest::get().uri("/v1/models/d")),
+        404,
+        "model_not_found",
+    );
+    // Whoever held the old snapshot (a request in flight) still has version 1 whole.
+    assert_eq!(old.get("a").unwrap().manifest.model.version, 1);
+    assert!(old.get("c").is_none());
+    let (s, _) = send!(&app, test::TestRequest::get().uri("/readyz"));
+    assert_eq!(s, 200);
+
+    // Nothing changed: everything kept, nothing reopened. Then a model removed.
+    let again = live.reload().unwrap();
+    assert_eq!(again.kept, ["a", "c"], "{again:?}");
+    assert!(!again.changed());
+    std::fs::remove_dir_all(root.join("c")).unwrap();
+    let gone = live.reload().unwrap();
+    assert_eq!(gone.removed, ["c"], "{gone:?}");
+    assert_error(
+        &send!(
+            &app,
+            post_json(
+                "/v1/models/c/predict",
+                json!({"images": [png(4, 4, [0, 0, 0])]})
+            )
+        ),
+        404,
+        "model_not_found",
+    );
+    let text = handle.render();
+    assert!(
+        text.lines().any(|l| l.starts_with("vcl_model_info{")
+            && l.contains("model=\"a\"")
+            && l.contains("version=\"1\"")
+            && l.ends_with(" 0")),
+        "{text}"
+    );
+    assert!(text.contains("vcl_repository_reloads_total"), "{text}");
+}
+
+#[actix_web::test]
+async fn predictions_keep_flowing_while_a_reload_swaps_versions() {
+    let handle = metrics_handle();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    testing::write_version(root, "m", 1, SIZE, ROIS, b"v1");
+    let mut cfg = Config::defaults();
+    cfg.model_repository = root.to_path_buf();
+    let live = Arc::new(Live::load(&cfg, testing::fake_opener()).unwrap());
+    let state = AppState {
+        live: live.clone(),
+        cfg: Arc::new(cfg),
+        render_metrics: Arc::new(|| handle.render()),
+    };
+    let (addr, server) = vcl_server::http::start_background(state, "127.0.0.1", 0).unwrap();
+    for _ in 0..400 {
+        if live.snapshot().all_ready() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Four clients post without pause while versions 2..=6 swap in one after another.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let v = blocking_predict(addr);
+                    seen.push(v);
+                }
+                seen
+            })
+        })
+        .collect();
+    for version in 2..=6 {
+        testing::write_version(root, "m", version, SIZE, ROIS, b"v");
+        let r = live.reload().unwrap();
+        assert_eq!(r.updated.len(), 1, "{r:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut all = Vec::new();
+    for c in clients {
+        let seen = c.join().expect("a client failed");
+        // Each client sees versions only go up: no answer from a retired version after
+        // a newer one answered.
+        assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+        all.extend(seen);
+    }
+    assert!(all.contains(&1) && all.contains(&6), "{all:?}");
+    server.stop(true).await;
+}
+
+/// One predict over a plain TCP connection (HTTP/1.1, closed after): the version that
+/// answered; panics on anything but 200.
+fn blocking_predict(addr: std::net::SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let body = json!({"images": [png(4, 4, [1, 2, 3])]}).to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/models/m/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let json_start = out.find("\r\n\r\n").unwrap() + 4;
+    let v: Value = serde_json::from_str(&out[json_start..]).unwrap();
+    v["version"].as_u64().unwrap()
 }

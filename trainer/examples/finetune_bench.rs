@@ -27,6 +27,12 @@ struct Args {
     /// Leave glibc malloc at its defaults.
     #[arg(long)]
     no_tune: bool,
+    /// libtorch intra-op threads (0: libtorch's default, one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// One JSON line instead of a sentence (for scripts/bench_cl_step.sh).
+    #[arg(long)]
+    json: bool,
 }
 
 /// (minor page faults, peak resident KiB) of this process, from /proc.
@@ -55,6 +61,9 @@ fn main() {
     } else {
         Some(finetune::tune_allocator())
     };
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
     let backbone = Backbone::pretrained(Arch::MobileNetV2, Device::Cpu)
         .unwrap_or_else(|_| Backbone::random(Arch::MobileNetV2, Device::Cpu, 0));
     let vs = tch::nn::VarStore::new(Device::Cpu);
@@ -103,6 +112,20 @@ fn main() {
     }
     let secs = t0.elapsed().as_secs_f64() / args.steps as f64;
     let (f1, hwm) = proc_stats();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "seconds_per_step": secs,
+                "images_per_s": args.batch as f64 / secs,
+                "page_faults_per_step": (f1 - f0) / args.steps as u64,
+                "peak_rss_gib": hwm as f64 / (1u64 << 20) as f64,
+                "threads": tch::get_num_threads(),
+                "malloc_tuned": tuning.is_some(),
+            })
+        );
+        return;
+    }
     println!(
         "malloc {}: {} px, batch {}, {} threads: {:.3} s/step, {:.1} images/s, {} page faults/step, peak RSS {:.2} GiB",
         match &tuning {

@@ -95,16 +95,13 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
         )));
     }
     let loaded: Vec<Loaded> = runs.iter().map(|r| load(r)).collect::<Result<_>>()?;
+    // Runs of one method may split its subjects (a CL backbone is tuned per subject,
+    // so each subject's tuned fit is its own run); the same subject twice is an error.
     let mut methods: Vec<String> = Vec::new();
     for l in &loaded {
-        if methods.contains(&l.method) {
-            return Err(EncodingError::Invalid(format!(
-                "two runs are labelled '{}' ({}): give each method its own run (vcl fit --method)",
-                l.method,
-                l.run.display()
-            )));
+        if !methods.contains(&l.method) {
+            methods.push(l.method.clone());
         }
-        methods.push(l.method.clone());
     }
     let reference = match reference {
         Some(r) if methods.iter().any(|m| m == r) => r.to_string(),
@@ -129,12 +126,23 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
             if !roi_order.contains(&key) {
                 roi_order.push(key.clone());
             }
-            table
+            let before = table
                 .entry(key)
                 .or_default()
                 .entry(r.subject.clone())
                 .or_default()
                 .insert(l.method.clone(), (r.clone(), voxel_r));
+            if before.is_some() {
+                return Err(EncodingError::Invalid(format!(
+                    "two runs labelled '{}' both evaluate {} {} {} (the second: {}): give \
+                     each method one run per subject (vcl fit --method)",
+                    l.method,
+                    r.subject,
+                    r.hemisphere.prefix(),
+                    r.roi,
+                    l.run.display()
+                )));
+            }
         }
     }
 

@@ -1,12 +1,14 @@
 //! `vcl-serve`: loads ONNX Runtime and every model of the repository, warms each up,
 //! and serves them over HTTP until SIGTERM / Ctrl-C (in-flight requests drain).
+//! SIGHUP (or --poll-interval-s) reloads the repository: new versions swap in whole.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use vcl_server::http::{configure, AppState};
-use vcl_server::repository::{self, Repository};
+use vcl_server::repository::{self, Live};
 use vcl_server::Config;
 
 #[actix_web::main]
@@ -24,16 +26,18 @@ async fn main() -> Result<()> {
         .context("installing the Prometheus recorder")?;
     vcl_server::metrics::describe();
     let rt = repository::runtime(&cfg)?;
-    let repo = Repository::load_ort(&cfg, rt)?;
+    let live = Arc::new(Live::load(&cfg, repository::ort_opener(&cfg, rt)?)?);
+    let poll = (cfg.poll_interval_s > 0).then(|| Duration::from_secs(cfg.poll_interval_s));
+    actix_web::rt::spawn(repository::watch(live.clone(), poll));
     tracing::info!(
-        models = repo.models.len(),
+        models = live.snapshot().models.len(),
         repository = %cfg.model_repository.display(),
         "serving on http://{}:{}",
         cfg.host,
         cfg.port
     );
     let state = actix_web::web::Data::new(AppState {
-        repo: Arc::new(repo),
+        live,
         cfg: Arc::new(cfg.clone()),
         render_metrics: Arc::new(move || handle.render()),
     });

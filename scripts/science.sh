@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The contrastive issue's science table on the in-silico brain: the demo preset with 2
+# simulated subjects, left hemisphere, early visual cortex. Per subject, the paper's CL
+# recipe and the regression baseline tune MobileNetV2 on V1 (V1v+V1d); each tuned
+# backbone then goes through the same encoder fit as the untuned one (taps, PCA, ridge,
+# CV inside the training split) and is scored once on the held-out 15%. `vcl compare`
+# makes the table (mean / median r, share of voxels CL beats each method, paired t test
+# across subjects). With SCIENCE_RECIPES=1 it also trains, on subj01, the recipes the
+# paper lacked (two-way InfoNCE, learnable temperature, retinotopy-safe augmentation)
+# and compares them with the paper's.
+#
+#   scripts/science.sh                 (about 35 min on 2 cores; +15 min with recipes)
+#   SCIENCE_SIZE=128 SCIENCE_OUT=runs/science SCIENCE_RECIPES=1 scripts/science.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+DATA="${SCIENCE_DATA:-data/demo}"
+OUT="${SCIENCE_OUT:-runs/science}"
+SIZE="${SCIENCE_SIZE:-128}"
+ROI="V1v+V1d"
+FIT_ROIS="V1v+V1d,early"
+SUBJECTS="${SCIENCE_SUBJECTS:-1 2}"
+cargo build --release --quiet -p vcl-trainer --bin vcl
+VCL=target/release/vcl
+[[ -f "$DATA/in_silico.json" ]] || $VCL synth --preset demo --out "$DATA" --seed 0
+mkdir -p "$OUT"
+log() { echo "science: $*" >&2; }
+
+fit() {  # fit <label> <subject> <weights> <out>
+  $VCL fit --data "$DATA" --subjects "$2" --hemispheres lh --rois "$FIT_ROIS" \
+    --input-size "$SIZE" --weights "$3" --method "$1" --out "$4" --evaluate
+}
+tune() {  # tune <method> <subject> <out> [extra finetune flags]
+  local method="$1" s="$2" out="$3"; shift 3
+  if [[ ! -f "$out/backbone.safetensors" ]]; then
+    $VCL finetune --data "$DATA" --subjects "$s" --hemisphere lh --roi "$ROI" --method "$method" \
+      --micro-batch 64 --input-size "$SIZE" --out "$out" $([[ -d "$out" ]] && echo --resume) "$@"
+  fi
+}
+
+UNTUNED_SUBJECTS="$(echo $SUBJECTS | tr ' ' ',')"
+[[ -f "$OUT/untuned/evaluation/results.json" ]] || {
+  log "untuned fit, subjects $UNTUNED_SUBJECTS"
+  $VCL fit --data "$DATA" --subjects "$UNTUNED_SUBJECTS" --hemispheres lh --rois "$FIT_ROIS" \
+    --input-size "$SIZE" --method untuned --out "$OUT/untuned" --evaluate
+}
+RUNS=("$OUT/untuned")
+for s in $SUBJECTS; do
+  sub="subj$(printf %02d "$s")"
+  for m in cl regression; do
+    log "$m on $sub"
+    tune "$m" "$s" "$OUT/$m-$sub"
+    [[ -f "$OUT/$m-fit-$sub/evaluation/results.json" ]] || fit "$m" "$s" "$OUT/$m-$sub/backbone.safetensors" "$OUT/$m-fit-$sub"
+    RUNS+=("$OUT/$m-fit-$sub")
+  done
+done
+$VCL compare "${RUNS[@]}" --out "$OUT/compare"
+
+if [[ "${SCIENCE_RECIPES:-0}" == 1 ]]; then
+  first="$(echo $SUBJECTS | cut -d' ' -f1)"; sub="subj$(printf %02d "$first")"
+  RECIPE_RUNS=("$OUT/untuned" "$OUT/cl-fit-$sub")
+  for r in symmetric learnable-tau augment; do
+    log "recipe $r on $sub"
+    tune cl "$first" "$OUT/cl-$r-$sub" "--$r"
+    [[ -f "$OUT/cl-$r-fit-$sub/evaluation/results.json" ]] || fit "cl-$r" "$first" "$OUT/cl-$r-$sub/backbone.safetensors" "$OUT/cl-$r-fit-$sub"
+    RECIPE_RUNS+=("$OUT/cl-$r-fit-$sub")
+  done
+  $VCL compare "${RECIPE_RUNS[@]}" --reference cl --out "$OUT/recipes"
+fi
+log "table: $OUT/compare/comparison.md"
+[[ "${SCIENCE_RECIPES:-0}" != 1 ]] || log "recipes: $OUT/recipes/comparison.md"
