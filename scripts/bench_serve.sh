@@ -6,7 +6,7 @@
 # writes it, with the raw JSON, to runs/bench/serve.{md,json}.
 #
 #   scripts/bench_serve.sh [REPOSITORY [MODEL]]     (default: the demo export; make demo)
-#   BENCH_SECONDS=10 BENCH_CONCURRENCY="1 8 32" BENCH_INTRA_THREADS=0 scripts/bench_serve.sh
+#   BENCH_SECONDS=10 BENCH_CONCURRENCY="1 8 32" BENCH_QUEUE_DELAY_MS=0 scripts/bench_serve.sh
 #
 # wrk runs on the same machine and takes CPU from the server: on few cores the ratio
 # is a floor, not the server's own overhead.
@@ -20,6 +20,7 @@ CONCURRENCY="${BENCH_CONCURRENCY:-1 8 32}"
 THREADS="${BENCH_INTRA_THREADS:-$(nproc)}"
 MAX_BATCH="${BENCH_MAX_BATCH:-32}"
 PORT="${BENCH_PORT:-18181}"
+DELAY_MS="${BENCH_QUEUE_DELAY_MS:-0}"
 OUT=runs/bench
 mkdir -p "$OUT"
 
@@ -62,7 +63,7 @@ end
 LUA
 
 target/release/vcl-serve --model-repository "$REPO" --port "$PORT" --device cpu \
-  --intra-threads "$THREADS" --max-batch-size "$MAX_BATCH" --max-queue-delay-ms 2 \
+  --intra-threads "$THREADS" --max-batch-size "$MAX_BATCH" --max-queue-delay-ms "$DELAY_MS" \
   >"$TMP/serve.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 1 240); do

@@ -2,7 +2,7 @@
 //! backbone's first convolution.
 
 use tch::{Device, Kind, Tensor};
-use vcl_trainer::backbones::{Arch, Backbone};
+use vcl_trainer::backbones::{Arch, Backbone, IMAGENET_CLASSES};
 use vcl_trainer::finetune::{
     info_nce, mi_lower_bound, Adam, AdamConfig, ClDims, ClLoss, ContrastiveHeads,
 };
@@ -67,6 +67,7 @@ fn one_step_changes_the_first_convolution() {
     let heads = ContrastiveHeads::new(
         &vs.root(),
         &dims,
+        IMAGENET_CLASSES,
         &["subj01".to_string()],
         ClLoss {
             tau: 0.3,

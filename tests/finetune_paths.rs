@@ -112,3 +112,69 @@ fn regression_baseline_trains_and_respects_frozen_layers() {
         "{e}"
     );
 }
+
+#[test]
+fn contrastive_heads_on_a_tap_tune_only_the_layers_before_it() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let mut cfg = common::small_config(Method::Cl, &["subj01"], 2);
+    cfg.batch_size = 16;
+    cfg.image_tap = Some("features.6".into());
+    let s = finetune::finetune(&cfg, run.path(), false, cache.path(), Device::Cpu).unwrap();
+    assert!(s.completed && s.history.len() == 2);
+    assert_eq!(s.image, "features.6");
+    for r in &s.history {
+        assert!(r.train_loss.is_finite() && r.val_mi_bound.is_some_and(f64::is_finite));
+    }
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(written["image_tap"], "features.6");
+    // features.6 of MobileNetV2 has 32 channels: the image map reads their spatial means.
+    let l =
+        finetune::checkpoint::read(&run.path().join("checkpoints/epoch-0002.safetensors")).unwrap();
+    let h = s.dims.as_ref().expect("CL has dims").h;
+    assert_eq!(l.tensors["heads.image_map.weight"].size(), vec![h, 32]);
+
+    let initial = Backbone::load(cfg.arch, &cfg.weights, Device::Cpu).unwrap();
+    let tuned = Backbone::load(
+        cfg.arch,
+        &run.path().join("backbone.safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let before: HashMap<String, _> = initial.var_store().variables();
+    let after: HashMap<String, _> = tuned.var_store().variables();
+    let same = |k: &str| before[k].equal(&after[k]);
+    assert!(
+        !same("features.1.conv.0.0.weight"),
+        "a layer before the tap did not train"
+    );
+    assert!(
+        !same("features.6.conv.0.0.weight"),
+        "the tap's own layer did not train"
+    );
+    // Past the tap nothing runs: no gradient, no batch-norm statistics.
+    for k in [
+        "features.7.conv.0.0.weight",
+        "features.18.1.running_mean",
+        "classifier.1.weight",
+    ] {
+        assert!(same(k), "{k}, after the tap, changed");
+    }
+
+    // The micro-batched (GradCache) passes read the same tap.
+    let mut micro = cfg.clone();
+    micro.epochs = 1;
+    micro.micro_batch = Some(6);
+    let other = tempfile::tempdir().unwrap();
+    let m = finetune::finetune(&micro, other.path(), false, cache.path(), Device::Cpu).unwrap();
+    assert!(m.completed && m.history[0].train_loss.is_finite());
+
+    let mut unknown = cfg.clone();
+    unknown.image_tap = Some("features.99".into());
+    let third = tempfile::tempdir().unwrap();
+    let e = finetune::finetune(&unknown, third.path(), false, cache.path(), Device::Cpu)
+        .expect_err("unknown tap")
+        .to_string();
+    assert!(e.contains("features.99") && e.contains("valid taps"), "{e}");
+}

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
-use vcl_trainer::backbones::{Arch, Backbone};
+use vcl_trainer::backbones::{Arch, Backbone, IMAGENET_CLASSES};
 use vcl_trainer::finetune::{self, Adam, AdamConfig, ClDims, ClLoss, ContrastiveHeads};
 
 #[derive(Parser, Debug)]
@@ -73,7 +73,14 @@ fn main() {
         learnable_tau: false,
         symmetric: false,
     };
-    let heads = ContrastiveHeads::new(&vs.root(), &dims, &["s".into()], loss_cfg, 0);
+    let heads = ContrastiveHeads::new(
+        &vs.root(),
+        &dims,
+        IMAGENET_CLASSES,
+        &["s".into()],
+        loss_cfg,
+        0,
+    );
     let mut params: Vec<(String, Tensor)> = backbone
         .var_store()
         .variables()

@@ -2,9 +2,10 @@
 //! the same layout), and turns it into voxel encoders.
 //!
 //! Data flows one way: `algonauts` (dataset) -> `images` (pixels) -> features ->
-//! model -> export.
+//! model -> export; `analysis` reads fitted models to ask what they learned.
 
 pub mod algonauts;
+pub mod analysis;
 pub mod backbones;
 pub mod compare;
 pub mod encoding;

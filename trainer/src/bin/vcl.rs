@@ -39,6 +39,31 @@ enum Command {
     Finetune(FinetuneArgs),
     /// Cross-subject transfer: tuned backbones as frozen extractors for other subjects.
     Transfer(TransferArgs),
+    /// Where each ROI model of a fit looks: saliency (gradient, Grad-CAM) and its
+    /// left-right and upper-lower indices on held-out images.
+    Lateralization(LateralizationArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct LateralizationArgs {
+    /// A `vcl fit` run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Output folder: lateralization.{json,csv,md,png} and overlays/.
+    #[arg(long)]
+    out: PathBuf,
+    /// ROIs to analyse, as the run names them (default: all).
+    #[arg(long, value_delimiter = ',')]
+    rois: Vec<String>,
+    /// Held-out images per subject.
+    #[arg(long, default_value_t = 32)]
+    images: usize,
+    /// Grad-CAM layer (default: the encoder's tap, or the deepest conv tap before it).
+    #[arg(long)]
+    layer: Option<String>,
+    /// Images shown in each model's overlay PNG.
+    #[arg(long, default_value_t = 4)]
+    overlays: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -99,6 +124,11 @@ struct FinetuneArgs {
     /// Images per forward/backward pass inside a batch (bounds memory).
     #[arg(long)]
     micro_batch: Option<usize>,
+    /// Backbone tap whose features replace the 1000 logits as the heads' input,
+    /// global-average-pooled over space for conv taps (e.g. features.13 for
+    /// mobilenet_v2). Layers after the tap stay as loaded (beyond the paper).
+    #[arg(long, value_name = "TAP")]
+    image_tap: Option<String>,
     /// Continue a killed run from its last checkpoint.
     #[arg(long)]
     resume: bool,
@@ -270,6 +300,22 @@ fn main() -> Result<()> {
         Command::Export(a) => run_export(a),
         Command::Finetune(a) => run_finetune(a),
         Command::Transfer(a) => run_transfer(a),
+        Command::Lateralization(a) => {
+            let cfg = vcl_trainer::analysis::LateralizationConfig {
+                rois: a.rois,
+                images: a.images,
+                layer: a.layer,
+                overlays: a.overlays,
+                ..vcl_trainer::analysis::LateralizationConfig::new(a.run.clone(), a.out.clone())
+            };
+            vcl_trainer::analysis::lateralization(&cfg, device())
+                .with_context(|| format!("lateralization of {}", a.run.display()))?;
+            let md = std::fs::read_to_string(a.out.join("lateralization.md"))
+                .context("reading the table just written")?;
+            print!("{md}");
+            println!("\nreport: {}", a.out.join("lateralization.md").display());
+            Ok(())
+        }
         Command::Compare(a) => {
             let cmp = vcl_trainer::compare::compare(&a.runs, a.reference.as_deref(), &a.out)
                 .context("comparing runs")?;
@@ -435,6 +481,7 @@ fn run_finetune(a: FinetuneArgs) -> Result<()> {
     cfg.augment = a.augment;
     cfg.mixed_precision = a.mixed_precision;
     cfg.micro_batch = a.micro_batch;
+    cfg.image_tap = a.image_tap.clone();
     let s = finetune::finetune(&cfg, &a.out, a.resume, &paths::cache_dir(), device())
         .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
     println!(

@@ -11,8 +11,9 @@ use tch::{Device, Kind, Tensor};
 use super::error::{EncodingError, Result};
 use super::fit::{self, index_tensor, to_tensor, FitRecord};
 use super::metrics::{self, RoiScores};
-use super::store::{self, StoredEncoder};
-use crate::algonauts::{split, Dataset, Hemisphere};
+use super::store::{self, FitConfig, StoredEncoder};
+use crate::algonauts::{split, Dataset, Hemisphere, Subject};
+use crate::images;
 use crate::{plots, ridge};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,4 +332,44 @@ fn write_report(
         )?;
     }
     Ok(())
+}
+
+/// Up to `n` held-out images of `subject` (the run's split), decoded and resized as the
+/// fit did, float32 [n, 3, S, S] in [0, 1]; with their row numbers. What an export is
+/// verified on and what the analyses look at.
+pub fn heldout_images(
+    cfg: &FitConfig,
+    subject: &Subject,
+    n: usize,
+) -> Result<(Vec<usize>, Tensor)> {
+    let sp = split::holdout(
+        subject.train_images.len(),
+        cfg.heldout_fraction,
+        cfg.split_seed,
+    );
+    // A run without a held-out part (fraction 0) falls back to images it saw.
+    let pool = if sp.heldout.is_empty() {
+        &sp.train
+    } else {
+        &sp.heldout
+    };
+    let rows: Vec<usize> = pool.iter().copied().take(n.max(1)).collect();
+    if rows.is_empty() {
+        return Err(EncodingError::Invalid(format!(
+            "subject {} has no training images",
+            subject.name
+        )));
+    }
+    let size = cfg.input_size;
+    let mut buf = Vec::with_capacity(rows.len() * 3 * (size * size) as usize);
+    for &r in &rows {
+        let entry = &subject.train_images[r];
+        buf.extend(images::to_chw(&images::decode(&entry.path)?, size));
+    }
+    let s = size as i64;
+    let x = Tensor::from_slice(&buf)
+        .view([rows.len() as i64, 3, s, s])
+        .to_kind(Kind::Float)
+        / 255.0;
+    Ok((rows, x))
 }

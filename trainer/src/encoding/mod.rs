@@ -8,6 +8,6 @@ pub mod metrics;
 pub mod store;
 
 pub use error::EncodingError;
-pub use evaluate::{evaluate, Evaluation};
+pub use evaluate::{evaluate, heldout_images, Evaluation};
 pub use fit::fit;
 pub use store::{AlphaMode, FitConfig};

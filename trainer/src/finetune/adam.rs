@@ -220,4 +220,38 @@ mod tests {
         }
         assert_eq!(adam.steps(), 2);
     }
+
+    /// With `image_tap`, layers after the tap are in the optimizer but never reached by
+    /// the loss: their gradient stays undefined and they must come out untouched.
+    #[test]
+    fn variables_without_a_gradient_are_left_alone() {
+        let used = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let unused = Tensor::from_slice(&[3.0f32, 4.0]).set_requires_grad(true);
+        let mut adam = Adam::new(
+            AdamConfig::default(),
+            [
+                ("used".to_string(), used.shallow_clone()),
+                ("unused".to_string(), unused.shallow_clone()),
+            ],
+        );
+        for _ in 0..2 {
+            adam.zero_grad();
+            (&used * &used).sum(Kind::Float).backward();
+            assert!(!unused.grad().defined());
+            assert!(adam.grads_finite());
+            adam.scale_grads(1.0);
+            adam.step();
+        }
+        assert_eq!(Vec::<f32>::try_from(&unused).unwrap(), vec![3.0, 4.0]);
+        assert_ne!(Vec::<f32>::try_from(&used).unwrap(), vec![1.0, -2.0]);
+        let state: BTreeMap<String, Tensor> = adam.state_tensors().into_iter().collect();
+        for k in ["m.unused", "v.unused"] {
+            assert_eq!(
+                state[k].abs().sum(Kind::Float).double_value(&[]),
+                0.0,
+                "{k}"
+            );
+        }
+        assert!(state["m.used"].abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    }
 }

@@ -118,6 +118,11 @@ pub struct FinetuneConfig {
     pub micro_batch: Option<usize>,
     /// Images per forward pass when computing validation embeddings (memory only).
     pub eval_batch_size: usize,
+    /// Backbone tap the heads read instead of the 1000 logits (conv taps averaged over
+    /// space), e.g. `features.13`. None (the paper): the logits. Layers after the tap
+    /// then get no gradient and stay as loaded. Beyond the paper.
+    #[serde(default)]
+    pub image_tap: Option<String>,
 }
 
 impl FinetuneConfig {
@@ -161,6 +166,7 @@ impl FinetuneConfig {
             mixed_precision: false,
             micro_batch: None,
             eval_batch_size: 128,
+            image_tap: None,
         }
     }
 
@@ -212,6 +218,19 @@ impl FinetuneConfig {
         }
         if self.eval_batch_size == 0 {
             return bad("eval_batch_size", "must be at least 1".into());
+        }
+        if let Some(tap) = &self.image_tap {
+            let valid = self.arch.taps();
+            if !valid.contains(&tap.as_str()) {
+                return bad(
+                    "image_tap",
+                    format!(
+                        "'{tap}' is not a tap of {}; valid taps: {}",
+                        self.arch,
+                        valid.join(", ")
+                    ),
+                );
+            }
         }
         let positive = [
             ("lr", self.lr),
@@ -284,5 +303,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("batch_size"));
+    }
+
+    /// Configs written before image_tap existed still load, as the paper's logits.
+    #[test]
+    fn image_tap_defaults_to_logits_and_is_checked() {
+        let c = FinetuneConfig::new(
+            Method::Cl,
+            "d".into(),
+            vec!["1".into()],
+            Hemisphere::Left,
+            "early".into(),
+        );
+        let mut v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["image_tap"], serde_json::Value::Null);
+        v.as_object_mut().unwrap().remove("image_tap");
+        let old: FinetuneConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(old.image_tap, None);
+
+        let mut tap = c.clone();
+        tap.image_tap = Some("features.13".into());
+        tap.validate().unwrap();
+        tap.image_tap = Some("features.99".into());
+        let e = tap.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("image_tap") && e.contains("features.99") && e.contains("features.13"),
+            "{e}"
+        );
     }
 }

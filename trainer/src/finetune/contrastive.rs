@@ -3,12 +3,13 @@
 //! and the one-directional InfoNCE loss with the image as anchor.
 //!
 //! ```text
-//! logits [B,1000] -> image_map Linear(1000 -> h, no bias) -> g -> z_img  [B, z]
+//! image  [B,F]    -> image_map Linear(F -> h, no bias) -> g -> z_img  [B, z]
 //! fmri   [B,V_s]  -> fmri_map.<s> Linear(V_s -> h, no bias) -> g -> z_fmri [B, z]
 //! g = Linear(h,h)+BN+ReLU, Linear(h,h)+BN+ReLU, Linear(h,z, no bias)
 //! ```
 //! g is applied to each branch in its own call, so batch-norm statistics are per
 //! modality (both calls update the same running averages, as in PyTorch).
+//! F = 1000 in the paper; with `image_tap` (beyond the paper) F is that tap's channels.
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -18,7 +19,6 @@ use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
 use super::FinetuneError;
-use crate::backbones::IMAGENET_CLASSES;
 
 /// Sizes of the contrastive model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -174,8 +174,16 @@ pub struct ContrastiveHeads {
 impl ContrastiveHeads {
     /// Variables under `p`: `image_map.weight`, `fmri_map.<subject>.weight` (in the
     /// order of `subjects`), `g.{0,1,3,4,6}.*` and, if learnable, `log_tau`.
-    pub fn new(p: &nn::Path, dims: &ClDims, subjects: &[String], loss: ClLoss, seed: u64) -> Self {
-        let image_map = linear(&(p / "image_map"), IMAGENET_CLASSES, dims.h, false, seed);
+    /// `image_width`: F, the width of the image features (1000 for the logits).
+    pub fn new(
+        p: &nn::Path,
+        dims: &ClDims,
+        image_width: i64,
+        subjects: &[String],
+        loss: ClLoss,
+        seed: u64,
+    ) -> Self {
+        let image_map = linear(&(p / "image_map"), image_width, dims.h, false, seed);
         let fmri_maps = subjects
             .iter()
             .zip(&dims.voxels)
@@ -194,9 +202,9 @@ impl ContrastiveHeads {
         }
     }
 
-    /// z_img [B, z] from backbone logits [B, 1000].
-    pub fn embed_images(&self, logits: &Tensor, train: bool) -> Tensor {
-        self.g.forward_t(&logits.apply(&self.image_map), train)
+    /// z_img [B, z] from image features [B, F] (the backbone's logits in the paper).
+    pub fn embed_images(&self, features: &Tensor, train: bool) -> Tensor {
+        self.g.forward_t(&features.apply(&self.image_map), train)
     }
 
     /// z_fmri [B, z] from subject `s`'s responses [B, V_s].
@@ -221,9 +229,9 @@ impl ContrastiveHeads {
     }
 
     /// The training loss on a batch: InfoNCE between subject `s`'s responses and the
-    /// images' logits (row i of both = the same image).
-    pub fn loss(&self, logits: &Tensor, s: usize, fmri: &Tensor, train: bool) -> Tensor {
-        let z_img = self.embed_images(logits, train);
+    /// images' features (row i of both = the same image).
+    pub fn loss(&self, features: &Tensor, s: usize, fmri: &Tensor, train: bool) -> Tensor {
+        let z_img = self.embed_images(features, train);
         let z_fmri = self.embed_fmri(s, fmri, train);
         let tau = self.tau().to_device(z_img.device());
         info_nce(&z_fmri, &z_img, &tau, self.loss.symmetric)

@@ -124,6 +124,10 @@ pub struct EpochRecord {
     pub tau: Option<f64>,
 }
 
+fn default_image() -> String {
+    "logits".into()
+}
+
 /// What a run did; also `RUN/summary.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneSummary {
@@ -138,6 +142,9 @@ pub struct FinetuneSummary {
     pub completed: bool,
     /// The checkpoint epoch a resumed run started from.
     pub resumed_from_epoch: Option<usize>,
+    /// What the heads read: "logits" (the paper) or the `image_tap`.
+    #[serde(default = "default_image")]
+    pub image: String,
     pub subjects: Vec<SubjectInfo>,
     /// Contrastive model sizes (None for regression).
     pub dims: Option<ClDims>,

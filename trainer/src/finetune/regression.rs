@@ -1,11 +1,11 @@
 //! The paper's regression-tuning baseline: backbone logits -> Linear(1000 -> V, with
-//! bias) -> MSE on the (z-scored) responses. Pooled subjects get one map each.
+//! bias) -> MSE on the (z-scored) responses. Pooled subjects get one map each. With
+//! `image_tap` (beyond the paper) the map reads that tap's F features instead.
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::contrastive::linear;
-use crate::backbones::IMAGENET_CLASSES;
 
 #[derive(Debug)]
 pub struct RegressionHeads {
@@ -15,31 +15,30 @@ pub struct RegressionHeads {
 impl RegressionHeads {
     /// Variables `regression.<subject>.{weight,bias}` under `p`, one per subject with
     /// its voxel count, PyTorch's default initialization drawn from `seed`.
-    pub fn new(p: &nn::Path, subjects: &[String], voxels: &[i64], seed: u64) -> Self {
+    /// `image_width`: F, the width of the image features (1000 for the logits).
+    pub fn new(
+        p: &nn::Path,
+        image_width: i64,
+        subjects: &[String],
+        voxels: &[i64],
+        seed: u64,
+    ) -> Self {
         let maps = subjects
             .iter()
             .zip(voxels)
-            .map(|(s, &v)| {
-                linear(
-                    &(p / "regression" / s.as_str()),
-                    IMAGENET_CLASSES,
-                    v,
-                    true,
-                    seed,
-                )
-            })
+            .map(|(s, &v)| linear(&(p / "regression" / s.as_str()), image_width, v, true, seed))
             .collect();
         RegressionHeads { maps }
     }
 
-    /// Predicted responses [B, V_s] of subject `s` from logits [B, 1000].
-    pub fn predict(&self, s: usize, logits: &Tensor) -> Tensor {
-        self.maps[s].forward(logits)
+    /// Predicted responses [B, V_s] of subject `s` from image features [B, F].
+    pub fn predict(&self, s: usize, features: &Tensor) -> Tensor {
+        self.maps[s].forward(features)
     }
 
     /// Mean squared error over images and voxels (`nn.MSELoss()`).
-    pub fn loss(&self, logits: &Tensor, s: usize, fmri: &Tensor) -> Tensor {
-        self.predict(s, logits)
+    pub fn loss(&self, features: &Tensor, s: usize, fmri: &Tensor) -> Tensor {
+        self.predict(s, features)
             .to_kind(Kind::Float)
             .mse_loss(fmri, tch::Reduction::Mean)
     }

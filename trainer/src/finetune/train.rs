@@ -25,7 +25,7 @@ use super::data::{self, derive_seed, SubjectData};
 use super::regression::RegressionHeads;
 use super::run_dir;
 use super::{augment, EpochRecord, FinetuneConfig, FinetuneError, FinetuneSummary, Method};
-use crate::backbones::Backbone;
+use crate::backbones::{Backbone, IMAGENET_CLASSES};
 use crate::images;
 
 /// Pooled runs keep every subject's decoded pixels in memory up to this size; above
@@ -92,11 +92,12 @@ enum Heads {
 }
 
 impl Heads {
-    /// Training loss of a batch of subject `s`: logits [B, 1000], responses [B, V_s].
-    fn loss(&self, logits: &Tensor, s: usize, fmri: &Tensor, train: bool) -> Tensor {
+    /// Training loss of a batch of subject `s`: image features [B, F] (see
+    /// [`image_features`]), responses [B, V_s].
+    fn loss(&self, features: &Tensor, s: usize, fmri: &Tensor, train: bool) -> Tensor {
         match self {
-            Heads::Cl(h) => h.loss(logits, s, fmri, train),
-            Heads::Regression(h) => h.loss(logits, s, fmri),
+            Heads::Cl(h) => h.loss(features, s, fmri, train),
+            Heads::Regression(h) => h.loss(features, s, fmri),
         }
     }
 
@@ -147,6 +148,13 @@ pub fn finetune_with(
 
     let backbone = Backbone::load(cfg.arch, &cfg.weights, opts.device)?;
     let frozen = freeze(&backbone, &cfg.freeze)?;
+    let image = cfg.image_tap.as_deref().unwrap_or("logits");
+    let width = image_width(
+        &backbone,
+        cfg.image_tap.as_deref(),
+        cfg.input_size,
+        opts.device,
+    )?;
     let heads_vs = nn::VarStore::new(opts.device);
     let (heads, dims) = match cfg.method {
         Method::Cl => {
@@ -156,12 +164,12 @@ pub fn finetune_with(
                 learnable_tau: cfg.learnable_tau,
                 symmetric: cfg.symmetric,
             };
-            let h = ContrastiveHeads::new(&heads_vs.root(), &dims, &names, loss, cfg.seed);
+            let h = ContrastiveHeads::new(&heads_vs.root(), &dims, width, &names, loss, cfg.seed);
             (Heads::Cl(Box::new(h)), Some(dims))
         }
         Method::Regression => {
             let v: Vec<i64> = voxels.iter().map(|&v| v as i64).collect();
-            let h = RegressionHeads::new(&heads_vs.root(), &names, &v, cfg.seed);
+            let h = RegressionHeads::new(&heads_vs.root(), width, &names, &v, cfg.seed);
             (Heads::Regression(h), None)
         }
     };
@@ -203,7 +211,7 @@ pub fn finetune_with(
         data,
         resident_pixels: names.len() == 1 || pixel_bytes <= PIXEL_BUDGET_BYTES,
     };
-    tracing::info!(method = %cfg.method, subjects = ?names, roi = %cfg.roi, hemisphere = %cfg.hemisphere, arch = %cfg.arch, input_size = cfg.input_size, trained = t.adam.len(), frozen = frozen.len(), dims = ?dims, device = ?opts.device, "fine-tuning");
+    tracing::info!(method = %cfg.method, subjects = ?names, roi = %cfg.roi, hemisphere = %cfg.hemisphere, arch = %cfg.arch, input_size = cfg.input_size, image = %image, image_width = width, trained = t.adam.len(), frozen = frozen.len(), dims = ?dims, device = ?opts.device, "fine-tuning");
 
     // Resume, or refuse to overwrite a run that has checkpoints.
     let mut history: Vec<EpochRecord> = Vec::new();
@@ -303,6 +311,7 @@ pub fn finetune_with(
         epochs: cfg.epochs,
         completed,
         resumed_from_epoch: resumed_from,
+        image: image.to_string(),
         subjects: t.data.iter().map(|d| d.info.clone()).collect(),
         dims,
         batch_sizes: t
@@ -412,6 +421,53 @@ fn freeze(backbone: &Backbone, specs: &[String]) -> Result<Vec<String>, Finetune
     Ok(frozen)
 }
 
+/// What the heads read of ImageNet-normalized images x [B, 3, S, S]: the logits (the
+/// paper), or the output of `tap` with conv maps [B, C, H, W] averaged over space to
+/// [B, C], so that the heads' width does not depend on the input size. The one place
+/// every pass (training, GradCache, validation) gets its features, so that they agree.
+fn image_features(
+    backbone: &Backbone,
+    x: &Tensor,
+    tap: Option<&str>,
+    train: bool,
+) -> Result<Tensor, FinetuneError> {
+    let Some(tap) = tap else {
+        return Ok(backbone.logits(x, train));
+    };
+    let out = backbone
+        .taps(x, &[tap], train)?
+        .pop()
+        .ok_or_else(|| FinetuneError::Config(format!("image_tap: {tap} gave no output")))?;
+    Ok(match out.dim() {
+        4 => out.mean_dim([2i64, 3].as_slice(), false, None),
+        2 => out,
+        _ => out.flatten(1, -1),
+    })
+}
+
+/// F, the width of [`image_features`]: the heads' input. A tap's width is read off one
+/// blank image in evaluation mode, which leaves batch-norm statistics untouched.
+fn image_width(
+    backbone: &Backbone,
+    tap: Option<&str>,
+    input_size: u32,
+    device: Device,
+) -> Result<i64, FinetuneError> {
+    if tap.is_none() {
+        return Ok(IMAGENET_CLASSES);
+    }
+    let s = i64::from(input_size);
+    let x = Tensor::zeros([1, 3, s, s], (Kind::Float, device));
+    let f = tch::no_grad(|| image_features(backbone, &x, tap, false))?;
+    f.size().get(1).copied().ok_or_else(|| {
+        FinetuneError::Config(format!(
+            "image_tap: {} gave features of shape {:?}",
+            tap.unwrap_or("logits"),
+            f.size()
+        ))
+    })
+}
+
 /// Where a training step sits: seeds its dropout masks.
 #[derive(Debug, Clone, Copy)]
 struct StepId {
@@ -508,7 +564,7 @@ impl Trainer<'_> {
                     subject: si,
                     batch: bi,
                 };
-                let value = self.step(&x, &y, step, poison);
+                let value = self.step(&x, &y, step, poison)?;
                 if !value.is_finite() {
                     bar.abandon();
                     let place = format!(
@@ -574,14 +630,21 @@ impl Trainer<'_> {
     /// update, so the weights stay those of the last good step.
     ///
     /// With `micro_batch` smaller than B, the backbone runs in micro-batches twice: a
-    /// forward pass without a graph gives all B logits, the loss over the whole batch
-    /// (every other image a negative, as with one pass) gives d loss / d logits, and a
-    /// second forward with the graph, one micro-batch at a time, back-propagates that
+    /// forward pass without a graph gives all B image features, the loss over the whole
+    /// batch (every other image a negative, as with one pass) gives d loss / d features,
+    /// and a second forward with the graph, one micro-batch at a time, back-propagates that
     /// gradient (GradCache, Gao et al. 2021). Gradients equal the one-pass ones except
     /// that backbone batch-norm uses per-micro-batch statistics; memory is that of one
     /// micro-batch.
-    fn step(&mut self, x: &Tensor, y: &Tensor, step: StepId, poison: bool) -> f64 {
+    fn step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        step: StepId,
+        poison: bool,
+    ) -> Result<f64, FinetuneError> {
         let b = x.size()[0];
+        let tap = self.cfg.image_tap.as_deref();
         let micro = self
             .cfg
             .micro_batch
@@ -594,19 +657,19 @@ impl Trainer<'_> {
             self.seed_pass(step, 0);
             let (backbone, heads) = (&self.backbone, &self.heads);
             let mut loss = tch::autocast(mixed, || {
-                let logits = backbone.logits(x, true).to_kind(Kind::Float);
-                heads.loss(&logits, si, y, true)
-            });
+                let features = image_features(backbone, x, tap, true)?.to_kind(Kind::Float);
+                Ok::<_, FinetuneError>(heads.loss(&features, si, y, true))
+            })?;
             if poison {
                 loss *= f64::NAN;
             }
             let value = loss.double_value(&[]);
             if !value.is_finite() {
-                return value;
+                return Ok(value);
             }
             (loss * scale).backward();
             self.apply_update();
-            return value;
+            return Ok(value);
         }
 
         let chunks: Vec<(i64, i64)> = (0..b)
@@ -616,22 +679,21 @@ impl Trainer<'_> {
         // Pass 1 must not move batch-norm running statistics: pass 2 does, once.
         let buffers = self.backbone_buffers();
         let backbone = &self.backbone;
-        let logits: Vec<Tensor> = chunks
+        let features = chunks
             .iter()
             .enumerate()
             .map(|(ci, &(start, len))| {
                 self.seed_pass(step, ci);
                 tch::no_grad(|| {
                     tch::autocast(mixed, || {
-                        backbone
-                            .logits(&x.narrow(0, start, len), true)
-                            .to_kind(Kind::Float)
+                        image_features(backbone, &x.narrow(0, start, len), tap, true)
+                            .map(|f| f.to_kind(Kind::Float))
                     })
                 })
             })
-            .collect();
+            .collect::<Result<Vec<Tensor>, FinetuneError>>();
         restore_buffers(&buffers);
-        let leaf = Tensor::cat(&logits, 0).detach().set_requires_grad(true);
+        let leaf = Tensor::cat(&features?, 0).detach().set_requires_grad(true);
         let heads = &self.heads;
         let mut loss = tch::autocast(mixed, || heads.loss(&leaf, si, y, true));
         if poison {
@@ -639,25 +701,24 @@ impl Trainer<'_> {
         }
         let value = loss.double_value(&[]);
         if !value.is_finite() {
-            return value;
+            return Ok(value);
         }
         (loss * scale).backward();
-        let d_logits = leaf.grad();
+        let d_features = leaf.grad();
         for (ci, &(start, len)) in chunks.iter().enumerate() {
             self.seed_pass(step, ci);
             let backbone = &self.backbone;
             let part = tch::autocast(mixed, || {
-                backbone
-                    .logits(&x.narrow(0, start, len), true)
-                    .to_kind(Kind::Float)
-            });
-            // d/dθ sum(logits * g) = J^T g: back-propagates the cached gradient.
-            (part * d_logits.narrow(0, start, len))
+                image_features(backbone, &x.narrow(0, start, len), tap, true)
+                    .map(|f| f.to_kind(Kind::Float))
+            })?;
+            // d/dθ sum(features * g) = J^T g: back-propagates the cached gradient.
+            (part * d_features.narrow(0, start, len))
                 .sum(Kind::Float)
                 .backward();
         }
         self.apply_update();
-        value
+        Ok(value)
     }
 
     /// Copies of the backbone's non-trained variables (batch-norm running statistics).
@@ -707,6 +768,7 @@ impl Trainer<'_> {
         let cfg = self.cfg;
         let device = self.opts.device;
         let mixed = self.scaler.is_some();
+        let tap = cfg.image_tap.as_deref();
         let (mut losses, mut mis) = (Vec::new(), Vec::new());
         for si in 0..self.data.len() {
             if self.data[si].val.is_empty() {
@@ -720,20 +782,19 @@ impl Trainer<'_> {
             let (backbone, heads) = (&self.backbone, &self.heads);
             let (loss, mi) = tch::no_grad(|| {
                 tch::autocast(mixed, || {
-                    let logits: Vec<Tensor> = sd
+                    let features = sd
                         .val
                         .chunks(cfg.eval_batch_size)
                         .map(|rows| {
-                            backbone
-                                .logits(&px.batch(rows, device), false)
-                                .to_kind(Kind::Float)
+                            image_features(backbone, &px.batch(rows, device), tap, false)
+                                .map(|f| f.to_kind(Kind::Float))
                         })
-                        .collect();
-                    let logits = Tensor::cat(&logits, 0);
+                        .collect::<Result<Vec<Tensor>, FinetuneError>>()?;
+                    let features = Tensor::cat(&features, 0);
                     let y = sd.responses(&sd.val, device);
-                    match heads {
+                    Ok::<_, FinetuneError>(match heads {
                         Heads::Cl(h) => {
-                            let z_img = h.embed_images(&logits, false);
+                            let z_img = h.embed_images(&features, false);
                             let z_fmri = h.embed_fmri(si, &y, false);
                             let tau = h.tau();
                             let loss =
@@ -741,10 +802,10 @@ impl Trainer<'_> {
                                     .double_value(&[]);
                             (loss, Some(mi_lower_bound(&z_fmri, &z_img, h.tau_value())))
                         }
-                        Heads::Regression(h) => (h.loss(&logits, si, &y).double_value(&[]), None),
-                    }
+                        Heads::Regression(h) => (h.loss(&features, si, &y).double_value(&[]), None),
+                    })
                 })
-            });
+            })?;
             if !loss.is_finite() {
                 let place = format!("validation of {}", sd.info.subject);
                 return Err(self.non_finite("validation", loss, epoch, place, None, last_good));

@@ -18,14 +18,12 @@ use tch::{Device, Kind, Tensor};
 use super::error::ExportError;
 use super::graph::{IR_VERSION, OPSET};
 use super::model::{self, BuiltModel, Comparison, EncoderSet, RoiHead, TapProjection};
-use crate::algonauts::{split, Dataset, Hemisphere, Subject};
+use crate::algonauts::{Dataset, Hemisphere, Subject};
 use crate::backbones::{Arch, Backbone};
 use crate::encoding::evaluate::{Evaluation, RoiResult};
 use crate::encoding::fit::FitRecord;
 use crate::encoding::store::{self, StoredEncoder};
-use crate::encoding::FitConfig;
 use crate::features::Pooling;
-use crate::images;
 use vcl_contract::manifest::{
     self as contract, AlphaSummary, BackboneSpec, Dim, InputSpec, Manifest, Method, ModelInfo,
     OutputsSpec, Provenance, RoiEvaluation, RoiSpec, TensorSpec, TrainingSpec, Verification,
@@ -284,45 +282,6 @@ fn encoder_set(
         });
     }
     Ok(set)
-}
-
-/// Up to `n` held-out images of `subject` (the run's split), decoded and resized as the
-/// fit did, float32 [n, 3, S, S] in [0, 1]; with their row numbers.
-pub fn heldout_images(
-    cfg: &FitConfig,
-    subject: &Subject,
-    n: usize,
-) -> Result<(Vec<usize>, Tensor), ExportError> {
-    let sp = split::holdout(
-        subject.train_images.len(),
-        cfg.heldout_fraction,
-        cfg.split_seed,
-    );
-    // A run without a held-out part (fraction 0) still gets checked, on images it saw.
-    let pool = if sp.heldout.is_empty() {
-        &sp.train
-    } else {
-        &sp.heldout
-    };
-    let rows: Vec<usize> = pool.iter().copied().take(n.max(1)).collect();
-    if rows.is_empty() {
-        return Err(ExportError::Invalid(format!(
-            "subject {} has no training images to check the export on",
-            subject.name
-        )));
-    }
-    let size = cfg.input_size;
-    let mut buf = Vec::with_capacity(rows.len() * 3 * (size * size) as usize);
-    for &r in &rows {
-        let entry = &subject.train_images[r];
-        buf.extend(images::to_chw(&images::decode(&entry.path)?, size));
-    }
-    let s = size as i64;
-    let x = Tensor::from_slice(&buf)
-        .view([rows.len() as i64, 3, s, s])
-        .to_kind(Kind::Float)
-        / 255.0;
-    Ok((rows, x))
 }
 
 /// SHA-256 over what a model's training data was: the subject, the hemisphere's fMRI
@@ -653,7 +612,7 @@ pub fn export(
     let mut exported = Vec::with_capacity(contents.bundles.len());
     for bundle in &contents.bundles {
         let subject = ds.subject(&bundle.subject)?;
-        let (rows, x) = heldout_images(cfg, &subject, opts.verify_images)?;
+        let (rows, x) = crate::encoding::heldout_images(cfg, &subject, opts.verify_images)?;
         let built = model::build_model(&contents.backbone, cfg.input_size, &bundle.set)?;
         let reference = model::predict_libtorch(&contents.backbone, &bundle.set, &x)?;
 

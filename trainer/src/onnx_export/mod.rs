@@ -18,10 +18,12 @@ pub mod proto;
 /// callers that depend on the trainer alone.
 pub use vcl_contract as contract;
 
+/// Kept here for callers that verify exports; it lives with the encoders.
+pub use crate::encoding::heldout_images;
 pub use error::ExportError;
 pub use export::{
-    dataset_fingerprint, export, git_commit, heldout_images, load_run, verify_with_ort, Bundle,
-    ExportOptions, ExportedModel, RunContents,
+    dataset_fingerprint, export, git_commit, load_run, verify_with_ort, Bundle, ExportOptions,
+    ExportedModel, RunContents,
 };
 pub use graph::{IR_VERSION, OPSET};
 pub use model::{

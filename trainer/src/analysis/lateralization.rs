@@ -1,0 +1,287 @@
+//! `vcl lateralization`: where each ROI model of a fit run looks. Per model, on held-out
+//! images, the saliency mass on the right half of the image minus the left half, over
+//! the total ((R - L) / (R + L), in [-1, 1]), for the gradient, Grad-CAM and HiResCAM
+//! maps (see `saliency`); the same for the upper minus the lower half; and the left-right
+//! index of the mirror images' saliency, mapped back onto the original images.
+//!
+//! The visual field maps onto the image as seen: a left-hemisphere early-visual model
+//! (right visual field) should have a positive left-right index, a right-hemisphere one
+//! a negative index; ventral areas (upper field) a positive upper-lower index, dorsal
+//! areas (lower field) a negative one. A model that reads a fixed place of the visual
+//! field still looks right on a mirrored image, so, relative to the image's content
+//! (the mirrored map flipped back), its saliency changes sides: the mirrored index has
+//! the opposite sign. A map that followed the content instead would keep its sign there.
+//! The middle column / row of an odd-sized map belongs to neither half.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::roi_model::FitModels;
+use super::saliency;
+use crate::algonauts::{Dataset, Hemisphere};
+use crate::encoding::error::{EncodingError, Result};
+use crate::encoding::{heldout_images, store};
+use crate::plots;
+
+#[derive(Debug, Clone)]
+pub struct LateralizationConfig {
+    /// A `vcl fit` run directory.
+    pub run: PathBuf,
+    pub out: PathBuf,
+    /// ROI names to analyse (as the run names them); empty: all.
+    pub rois: Vec<String>,
+    /// Held-out images per subject.
+    pub images: usize,
+    /// Grad-CAM layer (default: the encoder's tap, or the deepest conv tap before it).
+    pub layer: Option<String>,
+    /// Images shown in each model's overlay PNG.
+    pub overlays: usize,
+    pub batch_size: usize,
+}
+
+impl LateralizationConfig {
+    pub fn new(run: PathBuf, out: PathBuf) -> Self {
+        LateralizationConfig {
+            run,
+            out,
+            rois: Vec::new(),
+            images: 32,
+            layer: None,
+            overlays: 4,
+            batch_size: 16,
+        }
+    }
+}
+
+/// One ROI model's indices, each the mean over the held-out images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelLaterality {
+    pub subject: String,
+    pub hemisphere: Hemisphere,
+    pub roi: String,
+    pub tap: String,
+    pub gradcam_layer: String,
+    pub images: usize,
+    /// (right - left) / total of the gradient map.
+    pub gradient_lr: f64,
+    pub gradient_lr_mirrored: f64,
+    /// Share of images whose gradient index has the sign of the mean.
+    pub gradient_lr_agreement: f64,
+    pub gradcam_lr: f64,
+    pub gradcam_lr_mirrored: f64,
+    pub hirescam_lr: f64,
+    pub hirescam_lr_mirrored: f64,
+    /// (upper - lower) / total.
+    pub gradient_ud: f64,
+    pub gradcam_ud: f64,
+    pub hirescam_ud: f64,
+    /// The overlay PNG, relative to the output folder.
+    pub overlay: PathBuf,
+}
+
+/// Per image of non-negative maps [N, H, W]: ((R - L) / total, (U - D) / total).
+pub fn indices(maps: &Tensor) -> (Vec<f64>, Vec<f64>) {
+    let s = maps.size();
+    let (h, w) = (s[1], s[2]);
+    let m = maps.to_kind(Kind::Double);
+    let total = m.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double);
+    let part = |dim: i64, start: i64, len: i64| {
+        m.narrow(dim, start, len)
+            .sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Double)
+    };
+    let ratio = |a: Tensor, b: Tensor| -> Vec<f64> {
+        let d = (a - b) / total.clamp_min(1e-300);
+        Vec::<f64>::try_from(d.to_device(Device::Cpu)).unwrap_or_default()
+    };
+    let lr = ratio(part(2, w - w / 2, w / 2), part(2, 0, w / 2));
+    let ud = ratio(part(1, 0, h / 2), part(1, h - h / 2, h / 2));
+    (lr, ud)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// Runs the analysis and writes lateralization.{json,csv,md,png} and overlays/.
+pub fn lateralization(cfg: &LateralizationConfig, device: Device) -> Result<Vec<ModelLaterality>> {
+    let models = FitModels::load(&cfg.run, device, |_, _, roi| {
+        cfg.rois.is_empty() || cfg.rois.iter().any(|r| r == roi)
+    })?;
+    if models.encoders.is_empty() {
+        return Err(EncodingError::Invalid(format!(
+            "{}: no encoder of ROIs {:?} in this run",
+            cfg.run.display(),
+            cfg.rois
+        )));
+    }
+    let overlay_dir = cfg.out.join("overlays");
+    std::fs::create_dir_all(&overlay_dir).map_err(|e| EncodingError::file(&overlay_dir, e))?;
+    let fit_cfg = &models.record.config;
+    let ds = Dataset::open(&fit_cfg.data_dir)?;
+    let mut results = Vec::new();
+    let mut subject_images: Option<(String, Tensor)> = None;
+    for e in &models.encoders {
+        let x = match &subject_images {
+            Some((s, x)) if *s == e.meta.subject => x.shallow_clone(),
+            _ => {
+                let subject = ds.subject(&e.meta.subject)?;
+                let (_, x) = heldout_images(fit_cfg, &subject, cfg.images)?;
+                let x = x.to_device(device);
+                subject_images = Some((e.meta.subject.clone(), x.shallow_clone()));
+                x
+            }
+        };
+        let layer = saliency::gradcam_layer(&models, e, cfg.layer.as_deref())?;
+        let n = x.size()[0];
+        let (mut g_lr, mut g_ud, mut c_lr, mut c_ud, mut g_lr_m, mut c_lr_m) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut h_lr, mut h_ud, mut h_lr_m) = (vec![], vec![], vec![]);
+        let mut first: Option<(Tensor, saliency::Maps)> = None;
+        for start in (0..n).step_by(cfg.batch_size.max(1)) {
+            let len = (cfg.batch_size.max(1) as i64).min(n - start);
+            let xb = x.narrow(0, start, len);
+            let maps = saliency::maps(&models, e, &xb, &layer)?;
+            let (lr, ud) = indices(&maps.gradient);
+            g_lr.extend(lr);
+            g_ud.extend(ud);
+            let (lr, ud) = indices(&maps.gradcam);
+            c_lr.extend(lr);
+            c_ud.extend(ud);
+            let (lr, ud) = indices(&maps.hirescam);
+            h_lr.extend(lr);
+            h_ud.extend(ud);
+            // The mirror images' maps, flipped back onto the original images.
+            let mirrored = saliency::maps(&models, e, &xb.flip([3]), &layer)?;
+            g_lr_m.extend(indices(&mirrored.gradient.flip([2])).0);
+            c_lr_m.extend(indices(&mirrored.gradcam.flip([2])).0);
+            h_lr_m.extend(indices(&mirrored.hirescam.flip([2])).0);
+            if first.is_none() {
+                first = Some((xb, maps));
+            }
+        }
+        let overlay = PathBuf::from("overlays").join(format!(
+            "{}_{}_{}.png",
+            e.meta.subject,
+            e.meta.hemisphere.prefix(),
+            store::safe_name(&e.meta.roi)
+        ));
+        if let Some((xb, maps)) = &first {
+            saliency::write_overlays(&cfg.out.join(&overlay), xb, maps, cfg.overlays)?;
+        }
+        let m = mean(&g_lr);
+        let agree = g_lr.iter().filter(|v| v.signum() == m.signum()).count() as f64
+            / g_lr.len().max(1) as f64;
+        let r = ModelLaterality {
+            subject: e.meta.subject.clone(),
+            hemisphere: e.meta.hemisphere,
+            roi: e.meta.roi.clone(),
+            tap: e.meta.tap.clone(),
+            gradcam_layer: layer,
+            images: g_lr.len(),
+            gradient_lr: m,
+            gradient_lr_mirrored: mean(&g_lr_m),
+            gradient_lr_agreement: agree,
+            gradcam_lr: mean(&c_lr),
+            gradcam_lr_mirrored: mean(&c_lr_m),
+            hirescam_lr: mean(&h_lr),
+            hirescam_lr_mirrored: mean(&h_lr_m),
+            gradient_ud: mean(&g_ud),
+            gradcam_ud: mean(&c_ud),
+            hirescam_ud: mean(&h_ud),
+            overlay,
+        };
+        tracing::info!(
+            model = %e.label(),
+            gradient_lr = format!("{:+.3}", r.gradient_lr),
+            mirrored = format!("{:+.3}", r.gradient_lr_mirrored),
+            hirescam_lr = format!("{:+.3}", r.hirescam_lr),
+            gradient_ud = format!("{:+.3}", r.gradient_ud),
+            "lateralization"
+        );
+        results.push(r);
+    }
+    write(&cfg.out, &results)?;
+    Ok(results)
+}
+
+fn write(out: &Path, results: &[ModelLaterality]) -> Result<()> {
+    store::write_json(&out.join("lateralization.json"), &results)?;
+    let mut csv = String::from("subject,hemisphere,roi,tap,gradcam_layer,images,gradient_lr,gradient_lr_mirrored,gradient_lr_agreement,gradcam_lr,gradcam_lr_mirrored,hirescam_lr,hirescam_lr_mirrored,gradient_ud,gradcam_ud,hirescam_ud\n");
+    let mut md = String::from("Saliency of each ROI model on held-out images, mean over images: L/R = (right - left) / total, U/D = (upper - lower) / total. \"mirrored\": the mirror images' saliency flipped back onto the originals (a model that reads a fixed place of the visual field changes sign there). Expected for early ROIs: left hemisphere L/R > 0, right hemisphere < 0; ventral U/D > 0, dorsal < 0. Grad-CAM averages gradients over positions and so follows image content rather than the receptive field; HiResCAM keeps them.\n\n| model | tap | CAM layer | images | L/R gradient | mirrored | same sign | L/R HiResCAM | mirrored | L/R Grad-CAM | mirrored | U/D gradient | U/D HiResCAM | U/D Grad-CAM |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{:.5},{:.5},{:.4},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5}",
+            r.subject,
+            r.hemisphere.prefix(),
+            r.roi,
+            r.tap,
+            r.gradcam_layer,
+            r.images,
+            r.gradient_lr,
+            r.gradient_lr_mirrored,
+            r.gradient_lr_agreement,
+            r.gradcam_lr,
+            r.gradcam_lr_mirrored,
+            r.hirescam_lr,
+            r.hirescam_lr_mirrored,
+            r.gradient_ud,
+            r.gradcam_ud,
+            r.hirescam_ud
+        );
+        let _ = writeln!(
+            md,
+            "| {} {} {} | {} | {} | {} | {:+.3} | {:+.3} | {:.0}% | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} |",
+            r.subject,
+            r.hemisphere.prefix(),
+            r.roi,
+            r.tap,
+            r.gradcam_layer,
+            r.images,
+            r.gradient_lr,
+            r.gradient_lr_mirrored,
+            100.0 * r.gradient_lr_agreement,
+            r.hirescam_lr,
+            r.hirescam_lr_mirrored,
+            r.gradcam_lr,
+            r.gradcam_lr_mirrored,
+            r.gradient_ud,
+            r.hirescam_ud,
+            r.gradcam_ud
+        );
+    }
+    let csv_path = out.join("lateralization.csv");
+    std::fs::write(&csv_path, csv).map_err(|e| EncodingError::file(&csv_path, e))?;
+    let md_path = out.join("lateralization.md");
+    std::fs::write(&md_path, md).map_err(|e| EncodingError::file(&md_path, e))?;
+    let labels: Vec<String> = results
+        .iter()
+        .map(|r| format!("{} {} {}", r.subject, r.hemisphere.prefix(), r.roi))
+        .collect();
+    let series = |name: &str, f: fn(&ModelLaterality) -> f64| {
+        (name.to_string(), results.iter().map(f).collect::<Vec<_>>())
+    };
+    plots::grouped_bars(
+        &out.join("lateralization.png"),
+        "Saliency laterality: (right - left) / total",
+        "index",
+        &labels,
+        &[
+            series("gradient", |r| r.gradient_lr),
+            series("gradient, mirrored (flipped back)", |r| {
+                r.gradient_lr_mirrored
+            }),
+            series("HiResCAM", |r| r.hirescam_lr),
+            series("Grad-CAM", |r| r.gradcam_lr),
+            series("upper - lower (gradient)", |r| r.gradient_ud),
+        ],
+    )?;
+    Ok(())
+}
