@@ -89,3 +89,55 @@ fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
     let e = lateralization(&none, Device::Cpu).unwrap_err().to_string();
     assert!(e.contains("FFA-1"), "{e}");
 }
+
+#[test]
+fn mi_bound_of_tuned_and_frozen_runs_on_held_out_images() {
+    use vcl_trainer::finetune::{self, FinetuneConfig, Method};
+    let dir = tempfile::tempdir().unwrap();
+    let (_data_dir, data) = vcl_tests::tiny_dataset(9, 1);
+    let cache = dir.path().join("cache");
+    let run = |name: &str, method: Method, freeze: &[&str]| {
+        let mut cfg = FinetuneConfig::new(
+            method,
+            data.clone(),
+            vec!["subj01".into()],
+            Hemisphere::Left,
+            "V1".into(),
+        );
+        cfg.input_size = 64;
+        cfg.epochs = 1;
+        cfg.batch_size = 16;
+        cfg.freeze = freeze.iter().map(|s| s.to_string()).collect();
+        let out = dir.path().join(name);
+        finetune::finetune(&cfg, &out, false, &cache, Device::Cpu).unwrap();
+        out
+    };
+    let tuned = run("cl", Method::Cl, &[]);
+    let frozen = run("cl-frozen", Method::Cl, &["features", "classifier"]);
+    let out = dir.path().join("mi");
+    let r = vcl_trainer::analysis::mi(&[tuned, frozen], &out, &cache, Device::Cpu).unwrap();
+    assert_eq!(r.len(), 2);
+    for m in &r {
+        // tiny: 48 training images, 15% (7) held out and never seen by fine-tuning.
+        assert_eq!(m.k, 7, "{m:?}");
+        assert!((m.log_k - 7f64.ln()).abs() < 1e-9, "{m:?}");
+        assert!(
+            m.bound_nats.is_finite() && m.bound_nats <= m.log_k + 1e-6,
+            "{m:?}"
+        );
+        assert_eq!(m.epochs, 1);
+    }
+    assert!(!r[0].frozen_backbone && r[1].frozen_backbone, "{r:?}");
+    for f in ["mi.json", "mi.csv", "mi.md", "mi.png"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // A regression run has no contrastive heads: refused, naming the run.
+    let reg = run("reg", Method::Regression, &[]);
+    let e = vcl_trainer::analysis::mi(&[reg.clone()], &out, &cache, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("regression") && e.contains(&reg.display().to_string()),
+        "{e}"
+    );
+}

@@ -42,6 +42,19 @@ enum Command {
     /// Where each ROI model of a fit looks: saliency (gradient, Grad-CAM) and its
     /// left-right and upper-lower indices on held-out images.
     Lateralization(LateralizationArgs),
+    /// The contrastive MI lower bound of fine-tuning runs on held-out images.
+    Mi(MiArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MiArgs {
+    /// `vcl finetune --method cl` run directories (repeatable); a run with a frozen
+    /// backbone (--freeze features,classifier) gives the untuned backbone's bound.
+    #[arg(long = "run", required = true)]
+    runs: Vec<PathBuf>,
+    /// Output folder: mi.{json,csv,md,png}.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -300,6 +313,15 @@ fn main() -> Result<()> {
         Command::Export(a) => run_export(a),
         Command::Finetune(a) => run_finetune(a),
         Command::Transfer(a) => run_transfer(a),
+        Command::Mi(a) => {
+            vcl_trainer::analysis::mi(&a.runs, &a.out, &paths::cache_dir(), device())
+                .context("the MI lower bound")?;
+            print!(
+                "{}",
+                std::fs::read_to_string(a.out.join("mi.md")).context("reading mi.md")?
+            );
+            Ok(())
+        }
         Command::Lateralization(a) => {
             let cfg = vcl_trainer::analysis::LateralizationConfig {
                 rois: a.rois,

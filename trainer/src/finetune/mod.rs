@@ -37,6 +37,7 @@ pub use contrastive::{info_nce, mi_lower_bound, similarity, ClDims, ClLoss, Cont
 pub use data::SubjectInfo;
 pub use regression::RegressionHeads;
 pub use train::{finetune, finetune_with, Hooks, RunOptions};
+pub(crate) use train::{image_features, image_width};
 
 use crate::backbones::BackboneError;
 use crate::error::DataError;

@@ -425,7 +425,7 @@ fn freeze(backbone: &Backbone, specs: &[String]) -> Result<Vec<String>, Finetune
 /// paper), or the output of `tap` with conv maps [B, C, H, W] averaged over space to
 /// [B, C], so that the heads' width does not depend on the input size. The one place
 /// every pass (training, GradCache, validation) gets its features, so that they agree.
-fn image_features(
+pub(crate) fn image_features(
     backbone: &Backbone,
     x: &Tensor,
     tap: Option<&str>,
@@ -447,7 +447,7 @@ fn image_features(
 
 /// F, the width of [`image_features`]: the heads' input. A tap's width is read off one
 /// blank image in evaluation mode, which leaves batch-norm statistics untouched.
-fn image_width(
+pub(crate) fn image_width(
     backbone: &Backbone,
     tap: Option<&str>,
     input_size: u32,
