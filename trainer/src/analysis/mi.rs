@@ -95,8 +95,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| run.display().to_string());
     let mut out = Vec::new();
-    for si in 0..subjects.len() {
-        let sd = &mut subjects[si];
+    for (si, sd) in subjects.iter_mut().enumerate() {
         let n = sd.fmri.size()[0] as usize;
         let heldout = split::holdout(n, cfg.heldout_fraction, cfg.split_seed).heldout;
         if heldout.len() < 2 {
@@ -104,8 +103,8 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
             continue;
         }
         sd.pixels(cfg.input_size, cache_dir)?;
-        let sd = &subjects[si];
-        let px = sd
+        let seen: &data::SubjectData = sd;
+        let px = seen
             .loaded_pixels()
             .ok_or_else(|| FinetuneError::Config("pixels not loaded".into()))?;
         let bound = tch::no_grad(|| -> Result<f64, FinetuneError> {
@@ -122,7 +121,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
                 })
                 .collect::<Result<_, _>>()?;
             let z_img = heads.embed_images(&Tensor::cat(&feats, 0), false);
-            let z_fmri = heads.embed_fmri(si, &sd.responses(&heldout, device), false);
+            let z_fmri = heads.embed_fmri(si, &seen.responses(&heldout, device), false);
             Ok(mi_lower_bound(&z_fmri, &z_img, heads.tau_value()))
         })?;
         let r = MiResult {
@@ -139,7 +138,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
             bound_nats: bound,
             log_k: (heldout.len() as f64).ln(),
         };
-        subjects[si].release_pixels();
+        sd.release_pixels();
         tracing::info!(run = %label, subject = %r.subject, k = r.k, bound = format!("{:.3}", r.bound_nats), log_k = format!("{:.3}", r.log_k), "MI lower bound");
         out.push(r);
     }
