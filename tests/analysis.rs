@@ -133,7 +133,7 @@ fn mi_bound_of_tuned_and_frozen_runs_on_held_out_images() {
     }
     // A regression run has no contrastive heads: refused, naming the run.
     let reg = run("reg", Method::Regression, &[]);
-    let e = vcl_trainer::analysis::mi(&[reg.clone()], &out, &cache, Device::Cpu)
+    let e = vcl_trainer::analysis::mi(std::slice::from_ref(&reg), &out, &cache, Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(
