@@ -3,6 +3,7 @@
 #   .venv/                   pinned torch (libtorch for tch), onnxruntime, onnx, numpy, ...
 #   .cache/weights/          torchvision MobileNetV2 ImageNet weights as safetensors
 #   .cache/photos/           real photographs (scikit-image's data) for the in-silico brain
+#   .cache/probe/            scikit-image's lfw_subset (faces / non-faces) for `vcl probe`
 # Re-running it when all is in place takes about a second.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +18,8 @@ want_stamp() {
 }
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(want_stamp)" \
-      && -f .cache/weights/mobilenet_v2.safetensors && -d .cache/photos ]]; then
+      && -f .cache/weights/mobilenet_v2.safetensors && -d .cache/photos \
+      && -f .cache/probe/lfw_subset.npy ]]; then
   exit 0
 fi
 
@@ -55,6 +57,9 @@ for f in astronaut.png brick.png camera.png chelsea.png coffee.png coins.png gra
          motorcycle_right.png retina.jpg rocket.jpg; do
   if [[ -f "$SITE/skimage/data/$f" ]]; then cp -f "$SITE/skimage/data/$f" .cache/photos/; fi
 done
+# Labeled images for `vcl probe`: 100 faces and 100 non-faces (Labeled Faces in the Wild).
+mkdir -p .cache/probe
+[[ -f "$SITE/skimage/data/lfw_subset.npy" ]] && cp -f "$SITE/skimage/data/lfw_subset.npy" .cache/probe/
 n=$(ls .cache/photos | wc -l)
 [[ "$n" -ge 8 ]] || { echo "setup: only $n photos found in $SITE/skimage/data" >&2; exit 1; }
 

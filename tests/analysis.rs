@@ -91,7 +91,7 @@ fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
 }
 
 #[test]
-fn mi_bound_of_tuned_and_frozen_runs_on_held_out_images() {
+fn mi_probe_and_landscape_of_tuned_and_frozen_runs() {
     use vcl_trainer::finetune::{self, FinetuneConfig, Method};
     let dir = tempfile::tempdir().unwrap();
     let (_data_dir, data) = vcl_tests::tiny_dataset(9, 1);
@@ -115,7 +115,8 @@ fn mi_bound_of_tuned_and_frozen_runs_on_held_out_images() {
     let tuned = run("cl", Method::Cl, &[]);
     let frozen = run("cl-frozen", Method::Cl, &["features", "classifier"]);
     let out = dir.path().join("mi");
-    let r = vcl_trainer::analysis::mi(&[tuned, frozen], &out, &cache, Device::Cpu).unwrap();
+    let runs = [tuned.clone(), frozen.clone()];
+    let r = vcl_trainer::analysis::mi(&runs, &out, &cache, Device::Cpu).unwrap();
     assert_eq!(r.len(), 2);
     for m in &r {
         // tiny: 48 training images, 15% (7) held out and never seen by fine-tuning.
@@ -131,6 +132,8 @@ fn mi_bound_of_tuned_and_frozen_runs_on_held_out_images() {
     for f in ["mi.json", "mi.csv", "mi.md", "mi.png"] {
         assert!(out.join(f).is_file(), "{f}");
     }
+    probe_and_landscape(&runs, dir.path());
+
     // A regression run has no contrastive heads: refused, naming the run.
     let reg = run("reg", Method::Regression, &[]);
     let e = vcl_trainer::analysis::mi(std::slice::from_ref(&reg), &out, &cache, Device::Cpu)
@@ -140,4 +143,66 @@ fn mi_bound_of_tuned_and_frozen_runs_on_held_out_images() {
         e.contains("regression") && e.contains(&reg.display().to_string()),
         "{e}"
     );
+}
+
+/// The probe and the landscape on the untuned backbone and the two runs' backbones.
+fn probe_and_landscape(runs: &[std::path::PathBuf], dir: &std::path::Path) {
+    use vcl_trainer::analysis::{backbones, landscape, probe};
+    let mut models = vec![backbones::untuned(Arch::MobileNetV2)];
+    for r in runs {
+        models.push(backbones::finetuned(r).unwrap());
+    }
+    assert_eq!(models[1].group, "early lh");
+    let faces = probe::faces(&paths::lfw_subset(), 64).expect("set-up installs lfw_subset");
+    assert_eq!(faces.images.size(), [200, 3, 64, 64]);
+    let photos = probe::photo_sources(&paths::photos_dir(), 6, 64, 0).unwrap();
+    let classes = photos.classes;
+    assert!(classes >= 8, "{classes} photos");
+    let out = dir.join("probe");
+    let r = probe::probe(&models[..2], &[faces, photos], None, 3, &out, Device::Cpu).unwrap();
+    assert_eq!(r.len(), 4);
+    // ImageNet features tell faces from non-faces, and which photo a crop came from,
+    // far above chance.
+    let untuned_faces = &r[0];
+    assert_eq!(
+        (untuned_faces.dataset.as_str(), untuned_faces.tap.as_str()),
+        ("faces", "avgpool")
+    );
+    assert!(untuned_faces.accuracy > 0.85, "{untuned_faces:?}");
+    assert!((untuned_faces.chance - 0.5).abs() < 1e-9);
+    assert!(r[1].accuracy > 3.0 / classes as f64, "{:?}", r[1]);
+    for f in ["probe.json", "probe.csv", "probe.md", "probe.png"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // A tap the architecture lacks is refused by name.
+    let e = probe::probe(&models[..1], &[], Some("layer4"), 3, &out, Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layer4"), "{e}");
+
+    let set = probe::photo_sources(&paths::photos_dir(), 2, 64, 1).unwrap();
+    let out = dir.join("landscape");
+    let l = landscape(&models, &set, &out, Device::Cpu).unwrap();
+    assert_eq!(l.models, ["untuned", "cl", "cl-frozen"]);
+    for a in 0..3 {
+        assert_eq!(l.distance[a][a], 0.0);
+        for b in 0..3 {
+            assert!(l.distance[a][b].is_finite() && l.distance[a][b] >= 0.0);
+            assert_eq!(l.distance[a][b], l.distance[b][a]);
+        }
+    }
+    assert!(
+        l.distance[0][1] > 0.0,
+        "tuning moved the backbone: {:?}",
+        l.distance
+    );
+    assert_eq!(l.mds.len(), 3);
+    for f in [
+        "landscape.json",
+        "landscape.csv",
+        "landscape.md",
+        "landscape.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
 }

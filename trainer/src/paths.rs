@@ -27,3 +27,10 @@ pub fn photos_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("photos"))
 }
+
+/// scikit-image's lfw_subset.npy (100 faces, 100 non-faces) for `vcl probe`.
+pub fn lfw_subset() -> PathBuf {
+    std::env::var_os("VCL_LFW_SUBSET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("probe/lfw_subset.npy"))
+}

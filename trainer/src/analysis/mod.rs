@@ -1,15 +1,23 @@
 //! What the tuned networks learned, beyond encoding accuracy (METHOD.md's analyses):
-//! where in the image an ROI model looks (`saliency`, `lateralization`), and how much
-//! the contrastive heads tell about the responses of unseen images (`mi`).
+//! where in the image an ROI model looks (`saliency`, `lateralization`), how much the
+//! contrastive heads tell about the responses of unseen images (`mi`), how much object
+//! recognition a tuned backbone keeps (`probe`), and how far tuned backbones moved
+//! apart (`landscape`).
 //!
 //! Each analysis reads a `vcl fit` run (its backbone and ROI encoders, through
 //! [`roi_model`]) and writes data (JSON, CSV, Markdown) and pictures (PNG).
 
+pub mod backbones;
+pub mod landscape;
 pub mod lateralization;
 pub mod mi;
+pub mod probe;
 pub mod roi_model;
 pub mod saliency;
 
+pub use backbones::NamedBackbone;
+pub use landscape::{landscape, Landscape};
 pub use lateralization::{lateralization, LateralizationConfig, ModelLaterality};
 pub use mi::{mi, MiResult};
+pub use probe::{probe, ProbeResult, ProbeSet};
 pub use roi_model::{FitModels, RoiEncoder};

@@ -44,6 +44,76 @@ enum Command {
     Lateralization(LateralizationArgs),
     /// The contrastive MI lower bound of fine-tuning runs on held-out images.
     Mi(MiArgs),
+    /// How much recognition tuned backbones keep: a logistic-regression probe (faces
+    /// vs non-faces, and which photo a crop came from), untuned vs each run.
+    Probe(ProbeArgs),
+    /// Bhattacharyya distances between backbones' class predictions, embedded by MDS.
+    Landscape(LandscapeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ProbeArgs {
+    /// `vcl finetune` run directories (repeatable); the untuned backbone is always in.
+    #[arg(long = "run")]
+    runs: Vec<PathBuf>,
+    /// Tap the probe reads (default: the penultimate layer, avgpool / classifier.5).
+    #[arg(long)]
+    tap: Option<String>,
+    /// Input size (default: the first run's, else 128).
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// Crops per photo of the photo-source set.
+    #[arg(long, default_value_t = 24)]
+    crops_per_photo: usize,
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Output folder: probe.{json,csv,md,png}.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct LandscapeArgs {
+    /// `vcl finetune` run directories (repeatable); the untuned backbone is always in.
+    #[arg(long = "run", required = true)]
+    runs: Vec<PathBuf>,
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// Crops per photo in the probe set.
+    #[arg(long, default_value_t = 8)]
+    crops_per_photo: usize,
+    /// Output folder: landscape.{json,csv,md,png}.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// The untuned backbone and each run's tuned one, and the input size to use.
+fn compared_backbones(
+    runs: &[PathBuf],
+    size: Option<u32>,
+) -> Result<(Vec<vcl_trainer::analysis::NamedBackbone>, u32)> {
+    use vcl_trainer::analysis::backbones;
+    let tuned = runs
+        .iter()
+        .map(|r| backbones::finetuned(r).with_context(|| format!("reading {}", r.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let arch = tuned
+        .first()
+        .map_or(vcl_trainer::backbones::Arch::MobileNetV2, |t| t.arch);
+    let size = match (size, runs.first()) {
+        (Some(s), _) => s,
+        (None, Some(r)) => {
+            let cfg: vcl_trainer::finetune::FinetuneConfig = serde_json::from_str(
+                &std::fs::read_to_string(r.join("config.json")).context("config.json")?,
+            )
+            .context("config.json")?;
+            cfg.input_size
+        }
+        (None, None) => 128,
+    };
+    let mut all = vec![backbones::untuned(arch)];
+    all.extend(tuned);
+    Ok((all, size))
 }
 
 #[derive(clap::Args, Debug)]
@@ -313,6 +383,35 @@ fn main() -> Result<()> {
         Command::Export(a) => run_export(a),
         Command::Finetune(a) => run_finetune(a),
         Command::Transfer(a) => run_transfer(a),
+        Command::Probe(a) => {
+            use vcl_trainer::analysis::probe;
+            let (models, size) = compared_backbones(&a.runs, a.input_size)?;
+            let sets = vec![
+                probe::faces(&paths::lfw_subset(), size)
+                    .context("the faces set (scripts/setup.sh installs it)")?,
+                probe::photo_sources(&paths::photos_dir(), a.crops_per_photo, size, 0)
+                    .context("the photo-source set")?,
+            ];
+            probe::probe(&models, &sets, a.tap.as_deref(), a.folds, &a.out, device())
+                .context("probing")?;
+            print!(
+                "{}",
+                std::fs::read_to_string(a.out.join("probe.md")).context("probe.md")?
+            );
+            Ok(())
+        }
+        Command::Landscape(a) => {
+            use vcl_trainer::analysis::{landscape, probe};
+            let (models, size) = compared_backbones(&a.runs, a.input_size)?;
+            let set = probe::photo_sources(&paths::photos_dir(), a.crops_per_photo, size, 1)
+                .context("the probe images")?;
+            landscape(&models, &set, &a.out, device()).context("the model landscape")?;
+            print!(
+                "{}",
+                std::fs::read_to_string(a.out.join("landscape.md")).context("landscape.md")?
+            );
+            Ok(())
+        }
         Command::Mi(a) => {
             vcl_trainer::analysis::mi(&a.runs, &a.out, &paths::cache_dir(), device())
                 .context("the MI lower bound")?;

@@ -1,0 +1,84 @@
+//! The backbones an analysis compares: the untuned one and the tuned backbones of
+//! `vcl finetune` runs, each with a label and the group reports colour it by (ROI
+//! family and hemisphere).
+
+use std::path::{Path, PathBuf};
+
+use crate::backbones::Arch;
+use crate::finetune::{FinetuneConfig, FinetuneError};
+
+#[derive(Debug, Clone)]
+pub struct NamedBackbone {
+    /// The run's folder name, or "untuned".
+    pub label: String,
+    pub arch: Arch,
+    pub weights: PathBuf,
+    /// e.g. "early lh", "higher rh", "untuned".
+    pub group: String,
+    pub method: String,
+}
+
+/// The ImageNet weights set-up installed (or the user's, for other architectures).
+pub fn untuned(arch: Arch) -> NamedBackbone {
+    NamedBackbone {
+        label: "untuned".into(),
+        arch,
+        weights: crate::paths::weights_dir().join(arch.weights_file()),
+        group: "untuned".into(),
+        method: "untuned".into(),
+    }
+}
+
+/// The tuned backbone of a finished `vcl finetune` run.
+pub fn finetuned(run: &Path) -> Result<NamedBackbone, FinetuneError> {
+    let config = run.join("config.json");
+    let text = std::fs::read_to_string(&config).map_err(|e| FinetuneError::io(&config, e))?;
+    let cfg: FinetuneConfig = serde_json::from_str(&text).map_err(|e| {
+        FinetuneError::Config(format!(
+            "{}: not a fine-tuning config: {e}",
+            config.display()
+        ))
+    })?;
+    let weights = run.join("backbone.safetensors");
+    if !weights.is_file() {
+        return Err(FinetuneError::Config(format!(
+            "{}: missing (the run has not finished its last epoch)",
+            weights.display()
+        )));
+    }
+    let label = run
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| run.display().to_string());
+    Ok(NamedBackbone {
+        label,
+        arch: cfg.arch,
+        weights,
+        group: format!("{} {}", roi_family(&cfg.roi), cfg.hemisphere.prefix()),
+        method: cfg.method.to_string(),
+    })
+}
+
+/// "early" for ROIs made of V1-hV4 (and the early stream), "higher" otherwise.
+pub fn roi_family(roi: &str) -> &'static str {
+    const EARLY: [&str; 11] = [
+        "V1", "V1v", "V1d", "V2", "V2v", "V2d", "V3", "V3v", "V3d", "hV4", "early",
+    ];
+    let parts = roi.split('+').map(|p| p.rsplit(':').next().unwrap_or(p));
+    if parts.clone().count() > 0 && parts.into_iter().all(|p| EARLY.contains(&p)) {
+        "early"
+    } else {
+        "higher"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn families() {
+        assert_eq!(super::roi_family("V1v+V1d"), "early");
+        assert_eq!(super::roi_family("prf-visualrois:hV4"), "early");
+        assert_eq!(super::roi_family("FFA-1"), "higher");
+        assert_eq!(super::roi_family("V1+FFA-1"), "higher");
+    }
+}
