@@ -13,10 +13,13 @@ DEMO_DATA ?= data/demo
 DEMO_SEED ?= 0
 VCL := target/release/vcl
 
-.PHONY: setup build demo test fmt clippy
+.PHONY: setup browser build demo test fmt clippy
 
 setup:
 	@scripts/setup.sh
+
+browser:
+	@scripts/setup_browser.sh
 
 build: setup
 	cargo build --release --workspace --bins
@@ -53,10 +56,17 @@ demo: build
 	else \
 	  $(VCL) compare $(DEMO_RUN)/untuned $(DEMO_RUN)/cl-fit --out $(DEMO_RUN)/compare; \
 	fi
+	# What the tuned network learned: saliency, MI bound, probe, landscape.
+	$(VCL) lateralization --run $(DEMO_RUN)/untuned --rois V1v,V1d,V3v,V3d --out $(DEMO_RUN)/lateralization
+	$(VCL) lateralization --run $(DEMO_RUN)/cl-fit --out $(DEMO_RUN)/lateralization-cl
+	$(VCL) mi --run $(DEMO_RUN)/cl --out $(DEMO_RUN)/mi
+	TUNED="--run $(DEMO_RUN)/cl $$([ -f $(DEMO_RUN)/regression/backbone.safetensors ] && echo --run $(DEMO_RUN)/regression)"; \
+	  $(VCL) probe $$TUNED --out $(DEMO_RUN)/probe && $(VCL) landscape $$TUNED --out $(DEMO_RUN)/landscape
 	rm -rf exports/subj01-lh-untuned-mobilenet_v2 exports/subj01-rh-untuned-mobilenet_v2 \
 	  exports/subj01-lh-V1v-cl-mobilenet_v2 exports/subj01-lh-V1d-cl-mobilenet_v2
 	$(VCL) export --run $(DEMO_RUN)/untuned --run $(DEMO_RUN)/cl-fit --out exports
 	scripts/demo_serve.sh exports subj01-lh-untuned-mobilenet_v2
+	$(VCL) report $(DEMO_RUN)
 
 fmt:
 	cargo fmt --all --check
@@ -64,6 +74,6 @@ fmt:
 clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: setup fmt clippy
+test: setup browser fmt clippy
 	cargo build --workspace --bins
 	cargo test --workspace

@@ -206,3 +206,147 @@ fn probe_and_landscape(runs: &[std::path::PathBuf], dir: &std::path::Path) {
         assert!(out.join(f).is_file(), "{f}");
     }
 }
+
+/// Headless Chromium (Debian's package; `make test` installs it), or None when the
+/// user opted out with VCL_SKIP_BROWSER_TESTS=1.
+fn chromium() -> Option<std::path::PathBuf> {
+    if std::env::var_os("VCL_SKIP_BROWSER_TESTS").is_some_and(|v| v == "1") {
+        eprintln!("VCL_SKIP_BROWSER_TESTS=1: the report is not opened in a browser");
+        return None;
+    }
+    let bin = std::env::var_os("VCL_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    assert!(
+        bin.is_file(),
+        "{} is missing: `make test` installs Debian's chromium as root (apt-get install \
+         chromium); or set VCL_CHROMIUM, or VCL_SKIP_BROWSER_TESTS=1 to skip this check",
+        bin.display()
+    );
+    Some(bin)
+}
+
+#[test]
+fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
+    use vcl_trainer::finetune::{self, FinetuneConfig, Method};
+    let dir = tempfile::tempdir().unwrap();
+    let (_data_dir, data) = vcl_tests::tiny_dataset(4, 1);
+    let runs = dir.path().join("runs");
+    let cache = dir.path().join("cache");
+    let fit_cfg = |weights: std::path::PathBuf, method: &str| FitConfig {
+        data_dir: data.clone(),
+        subjects: vec!["subj01".into()],
+        hemispheres: vec![Hemisphere::Left],
+        rois: vec!["V1".into()],
+        arch: Arch::MobileNetV2,
+        weights,
+        taps: vec!["features.6".into()],
+        input_size: 64,
+        pca_components: 1000,
+        alphas: ridge::default_alphas(),
+        folds: 5,
+        alpha_mode: AlphaMode::Voxel,
+        heldout_fraction: 0.25,
+        split_seed: 0,
+        max_feature_dim: Some(8192),
+        batch_size: 16,
+        method: method.into(),
+    };
+    let untuned = runs.join("untuned");
+    let weights = paths::weights_dir().join("mobilenet_v2.safetensors");
+    encoding::fit(&fit_cfg(weights, "untuned"), &untuned, &cache, Device::Cpu).unwrap();
+    encoding::evaluate(&untuned, &cache, Device::Cpu).unwrap();
+    let mut ft = FinetuneConfig::new(
+        Method::Cl,
+        data.clone(),
+        vec!["subj01".into()],
+        Hemisphere::Left,
+        "V1".into(),
+    );
+    ft.input_size = 64;
+    ft.epochs = 1;
+    ft.batch_size = 16;
+    let cl = runs.join("cl");
+    let tuned = finetune::finetune(&ft, &cl, false, &cache, Device::Cpu).unwrap();
+    let cl_fit = runs.join("cl-fit");
+    encoding::fit(
+        &fit_cfg(tuned.backbone.unwrap(), "cl"),
+        &cl_fit,
+        &cache,
+        Device::Cpu,
+    )
+    .unwrap();
+    encoding::evaluate(&cl_fit, &cache, Device::Cpu).unwrap();
+    vcl_trainer::compare::compare(&[untuned.clone(), cl_fit], None, &runs.join("compare")).unwrap();
+    let lat = LateralizationConfig {
+        images: 4,
+        overlays: 2,
+        ..LateralizationConfig::new(untuned, runs.join("lateralization"))
+    };
+    lateralization(&lat, Device::Cpu).unwrap();
+    vcl_trainer::analysis::mi(&[cl.clone()], &runs.join("mi"), &cache, Device::Cpu).unwrap();
+
+    let out = runs.join("report");
+    let r = vcl_trainer::report::report(&runs, &out).unwrap();
+    assert_eq!(
+        r.sections,
+        [
+            "Dataset",
+            "Encoding accuracy (held-out images)",
+            "Comparison of methods",
+            "Fine-tuning",
+            "Lateralization (saliency)",
+            "Mutual-information lower bound"
+        ]
+    );
+    // Evaluation (2 each), comparison, loss and MI curves, lateralization bars and one
+    // overlay, the MI bars.
+    assert_eq!(r.images, 4 + 1 + 2 + 2 + 1, "{r:?}");
+    let md = std::fs::read_to_string(&r.markdown).unwrap();
+    for line in md.lines().filter(|l| l.starts_with("![")) {
+        let link = line.rsplit_once("](").unwrap().1.trim_end_matches(')');
+        assert!(out.join(link).is_file(), "broken Markdown link {link}");
+    }
+    // Nothing to report is an error naming the folder.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = vcl_trainer::report::report(&empty, &dir.path().join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("nothing to report") && e.contains("empty"),
+        "{e}"
+    );
+
+    let Some(chromium) = chromium() else { return };
+    let profile = tempfile::tempdir().unwrap();
+    let dom = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}", r.html.display()))
+        .output()
+        .expect("chromium runs");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let body = dom
+        .split("<body")
+        .nth(1)
+        .and_then(|b| b.split('>').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        body.contains(&format!("data-images-ok=\"{}\"", r.images))
+            && body.contains("data-images-broken=\"0\""),
+        "not every image loaded: <body{body}>"
+    );
+}

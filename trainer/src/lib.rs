@@ -17,6 +17,7 @@ pub mod npy;
 pub mod onnx_export;
 pub mod paths;
 pub mod plots;
+pub mod report;
 pub mod ridge;
 pub mod synth;
 pub mod transfer;

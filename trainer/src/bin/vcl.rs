@@ -49,6 +49,18 @@ enum Command {
     Probe(ProbeArgs),
     /// Bhattacharyya distances between backbones' class predictions, embedded by MDS.
     Landscape(LandscapeArgs),
+    /// One self-contained HTML page (and Markdown) of a folder of runs and analyses.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// The folder of runs (e.g. runs/demo): fits, fine-tuning runs, comparisons and
+    /// analysis outputs, up to two levels down.
+    runs: PathBuf,
+    /// Output folder (default: RUNS/report): index.html and report.md.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -383,6 +395,19 @@ fn main() -> Result<()> {
         Command::Export(a) => run_export(a),
         Command::Finetune(a) => run_finetune(a),
         Command::Transfer(a) => run_transfer(a),
+        Command::Report(a) => {
+            let out = a.out.unwrap_or_else(|| a.runs.join("report"));
+            let r = vcl_trainer::report::report(&a.runs, &out)
+                .with_context(|| format!("reporting {}", a.runs.display()))?;
+            println!(
+                "report: {} ({} sections: {}; {} images)",
+                r.html.display(),
+                r.sections.len(),
+                r.sections.join(", "),
+                r.images
+            );
+            Ok(())
+        }
         Command::Probe(a) => {
             use vcl_trainer::analysis::probe;
             let (models, size) = compared_backbones(&a.runs, a.input_size)?;
