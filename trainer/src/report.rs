@@ -333,7 +333,7 @@ pub fn report(root: &Path, out: &Path) -> Result<Report> {
             }
         }
     }
-    let _ = write!(html, "<script>{CHECK}</script></body></html>\n");
+    let _ = writeln!(html, "<script>{CHECK}</script></body></html>");
     let html_path = out.join("index.html");
     std::fs::write(&html_path, html).map_err(|e| EncodingError::file(&html_path, e))?;
     let md_path = out.join("report.md");
