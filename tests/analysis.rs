@@ -284,7 +284,13 @@ fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
         ..LateralizationConfig::new(untuned, runs.join("lateralization"))
     };
     lateralization(&lat, Device::Cpu).unwrap();
-    vcl_trainer::analysis::mi(&[cl.clone()], &runs.join("mi"), &cache, Device::Cpu).unwrap();
+    vcl_trainer::analysis::mi(
+        std::slice::from_ref(&cl),
+        &runs.join("mi"),
+        &cache,
+        Device::Cpu,
+    )
+    .unwrap();
 
     let out = runs.join("report");
     let r = vcl_trainer::report::report(&runs, &out).unwrap();
