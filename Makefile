@@ -56,10 +56,14 @@ demo: build
 	else \
 	  $(VCL) compare $(DEMO_RUN)/untuned $(DEMO_RUN)/cl-fit --out $(DEMO_RUN)/compare; \
 	fi
-	# What the tuned network learned: saliency, MI bound, probe, landscape.
+	# What the tuned network learned: saliency, MI bound (beside that of heads trained
+	# on the frozen untuned backbone), probe, landscape.
 	$(VCL) lateralization --run $(DEMO_RUN)/untuned --rois V1v,V1d,V3v,V3d --out $(DEMO_RUN)/lateralization
 	$(VCL) lateralization --run $(DEMO_RUN)/cl-fit --out $(DEMO_RUN)/lateralization-cl
-	$(VCL) mi --run $(DEMO_RUN)/cl --out $(DEMO_RUN)/mi
+	rm -rf $(DEMO_RUN)/cl-frozen
+	$(VCL) finetune --data $(DEMO_DATA) --subjects 1 --hemisphere lh --roi $(DEMO_ROI) --method cl --micro-batch 64 \
+	  --input-size $(DEMO_SIZE) --freeze features,classifier --out $(DEMO_RUN)/cl-frozen
+	$(VCL) mi --run $(DEMO_RUN)/cl --run $(DEMO_RUN)/cl-frozen --out $(DEMO_RUN)/mi
 	TUNED="--run $(DEMO_RUN)/cl $$([ -f $(DEMO_RUN)/regression/backbone.safetensors ] && echo --run $(DEMO_RUN)/regression)"; \
 	  $(VCL) probe $$TUNED --out $(DEMO_RUN)/probe && $(VCL) landscape $$TUNED --out $(DEMO_RUN)/landscape
 	rm -rf exports/subj01-lh-untuned-mobilenet_v2 exports/subj01-rh-untuned-mobilenet_v2 \

@@ -6,8 +6,10 @@
 # CV inside the training split) and is scored once on the held-out 15%. `vcl compare`
 # makes the table (mean / median r, share of voxels CL beats each method, paired t test
 # across subjects). With SCIENCE_RECIPES=1 it also trains, on subj01, the recipes the
-# paper lacked (two-way InfoNCE, learnable temperature, retinotopy-safe augmentation)
-# and compares them with the paper's.
+# paper lacked (two-way InfoNCE, learnable temperature, retinotopy-safe augmentation,
+# heads on a backbone tap instead of the logits) and compares them with the paper's,
+# and gives the MI bound of the paper's recipe beside that of heads trained on the
+# frozen untuned backbone.
 #
 #   scripts/science.sh                 (about 35 min on 2 cores; +15 min with recipes)
 #   SCIENCE_SIZE=128 SCIENCE_OUT=runs/science SCIENCE_RECIPES=1 scripts/science.sh
@@ -59,13 +61,18 @@ $VCL compare "${RUNS[@]}" --out "$OUT/compare"
 if [[ "${SCIENCE_RECIPES:-0}" == 1 ]]; then
   first="$(echo $SUBJECTS | cut -d' ' -f1)"; sub="subj$(printf %02d "$first")"
   RECIPE_RUNS=("$OUT/untuned" "$OUT/cl-fit-$sub")
-  for r in symmetric learnable-tau augment; do
+  for r in symmetric learnable-tau augment image-tap; do
     log "recipe $r on $sub"
-    tune cl "$first" "$OUT/cl-$r-$sub" "--$r"
+    flags=("--$r")
+    [[ "$r" == image-tap ]] && flags=(--image-tap features.10)
+    tune cl "$first" "$OUT/cl-$r-$sub" "${flags[@]}"
     [[ -f "$OUT/cl-$r-fit-$sub/evaluation/results.json" ]] || fit "cl-$r" "$first" "$OUT/cl-$r-$sub/backbone.safetensors" "$OUT/cl-$r-fit-$sub"
     RECIPE_RUNS+=("$OUT/cl-$r-fit-$sub")
   done
   $VCL compare "${RECIPE_RUNS[@]}" --reference cl --out "$OUT/recipes"
+  log "heads on the frozen untuned backbone, for the MI bound"
+  tune cl "$first" "$OUT/cl-frozen-$sub" --freeze features,classifier
+  $VCL mi --run "$OUT/cl-$sub" --run "$OUT/cl-frozen-$sub" --out "$OUT/mi"
 fi
 log "table: $OUT/compare/comparison.md"
 [[ "${SCIENCE_RECIPES:-0}" != 1 ]] || log "recipes: $OUT/recipes/comparison.md"
