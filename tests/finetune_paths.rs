@@ -100,6 +100,33 @@ fn regression_baseline_trains_and_respects_frozen_layers() {
     );
     assert!(!same("classifier.1.weight"));
 
+    // Everything frozen, in micro-batches: only the heads learn (the untuned
+    // backbone's MI bound), and the backbone, batch-norm statistics included, is the
+    // one loaded.
+    let mut heads_only = common::small_config(Method::Cl, &["subj01"], 1);
+    heads_only.freeze = vec!["features".into(), "classifier".into()];
+    heads_only.micro_batch = Some(6);
+    let frozen_run = tempfile::tempdir().unwrap();
+    let s = finetune::finetune(
+        &heads_only,
+        frozen_run.path(),
+        false,
+        cache.path(),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(s.completed && s.history[0].train_loss.is_finite());
+    let kept = Backbone::load(
+        cfg.arch,
+        &frozen_run.path().join("backbone.safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    let kept: HashMap<String, _> = kept.var_store().variables();
+    for (k, v) in &before {
+        assert!(v.equal(&kept[k]), "{k} changed with every layer frozen");
+    }
+
     // A typo in --freeze is an error, not a silently unfrozen network.
     let mut typo = cfg.clone();
     typo.freeze = vec!["feature.0".into()];

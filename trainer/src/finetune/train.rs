@@ -128,6 +128,8 @@ struct Trainer<'a> {
     scaler: Option<LossScale>,
     data: Vec<SubjectData>,
     resident_pixels: bool,
+    /// Some backbone variable trains (not everything frozen).
+    backbone_learns: bool,
 }
 
 /// [`finetune`] with test hooks.
@@ -200,6 +202,11 @@ pub fn finetune_with(
         .iter()
         .map(|d| d.fmri.size()[0] as usize * 3 * (cfg.input_size as usize).pow(2))
         .sum();
+    let backbone_learns = backbone
+        .var_store()
+        .variables()
+        .values()
+        .any(|t| t.requires_grad());
     let mut t = Trainer {
         cfg,
         opts,
@@ -210,6 +217,7 @@ pub fn finetune_with(
         scaler,
         data,
         resident_pixels: names.len() == 1 || pixel_bytes <= PIXEL_BUDGET_BYTES,
+        backbone_learns,
     };
     tracing::info!(method = %cfg.method, subjects = ?names, roi = %cfg.roi, hemisphere = %cfg.hemisphere, arch = %cfg.arch, input_size = cfg.input_size, image = %image, image_width = width, trained = t.adam.len(), frozen = frozen.len(), dims = ?dims, device = ?opts.device, "fine-tuning");
 
@@ -645,6 +653,10 @@ impl Trainer<'_> {
     ) -> Result<f64, FinetuneError> {
         let b = x.size()[0];
         let tap = self.cfg.image_tap.as_deref();
+        // A backbone with nothing to train runs as at inference (running batch-norm
+        // statistics, no dropout): heads on a frozen backbone read the features a fit
+        // of that backbone reads, and the backbone stays exactly the one loaded.
+        let train = self.backbone_learns;
         let micro = self
             .cfg
             .micro_batch
@@ -657,7 +669,7 @@ impl Trainer<'_> {
             self.seed_pass(step, 0);
             let (backbone, heads) = (&self.backbone, &self.heads);
             let mut loss = tch::autocast(mixed, || {
-                let features = image_features(backbone, x, tap, true)?.to_kind(Kind::Float);
+                let features = image_features(backbone, x, tap, train)?.to_kind(Kind::Float);
                 Ok::<_, FinetuneError>(heads.loss(&features, si, y, true))
             })?;
             if poison {
@@ -686,7 +698,7 @@ impl Trainer<'_> {
                 self.seed_pass(step, ci);
                 tch::no_grad(|| {
                     tch::autocast(mixed, || {
-                        image_features(backbone, &x.narrow(0, start, len), tap, true)
+                        image_features(backbone, &x.narrow(0, start, len), tap, train)
                             .map(|f| f.to_kind(Kind::Float))
                     })
                 })
@@ -706,12 +718,20 @@ impl Trainer<'_> {
         (loss * scale).backward();
         let d_features = leaf.grad();
         for (ci, &(start, len)) in chunks.iter().enumerate() {
+            // A frozen backbone (or one frozen up to the tap) has nothing to receive
+            // the cached gradient: pass 2 would only move batch-norm statistics.
+            if !self.backbone_learns {
+                break;
+            }
             self.seed_pass(step, ci);
             let backbone = &self.backbone;
             let part = tch::autocast(mixed, || {
-                image_features(backbone, &x.narrow(0, start, len), tap, true)
+                image_features(backbone, &x.narrow(0, start, len), tap, train)
                     .map(|f| f.to_kind(Kind::Float))
             })?;
+            if !part.requires_grad() {
+                break;
+            }
             // d/dθ sum(features * g) = J^T g: back-propagates the cached gradient.
             (part * d_features.narrow(0, start, len))
                 .sum(Kind::Float)
