@@ -66,15 +66,17 @@ pub fn grouped_bars(
     let (lo, hi) = finite.fold((0.0f64, 0.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
     let pad = ((hi - lo) * 0.1).max(1e-3);
     let n_series = series.len().max(1);
+    let bottom = lo - if lo < 0.0 { pad } else { 0.0 };
+    // Headroom for the legend (about 22 px a series of the ~370 px plot), so that it
+    // never hides a bar.
+    let legend = ((22 * n_series + 24) as f64 / 370.0).min(0.6);
+    let top = (hi + pad).max(hi + (hi + pad - bottom) * legend / (1.0 - legend));
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(60)
         .y_label_area_size(60)
-        .build_cartesian_2d(
-            0f64..categories.len().max(1) as f64,
-            (lo - if lo < 0.0 { pad } else { 0.0 })..(hi + pad),
-        )
+        .build_cartesian_2d(0f64..categories.len().max(1) as f64, bottom..top)
         .map_err(|e| err(path, e))?;
     let cats = categories.to_vec();
     chart
@@ -113,6 +115,7 @@ pub fn grouped_bars(
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
