@@ -44,7 +44,10 @@ fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
         ..LateralizationConfig::new(run.clone(), out.clone())
     };
     let models = lateralization(&lat, Device::Cpu).expect("lateralization");
-    eprintln!("{}", std::fs::read_to_string(out.join("lateralization.md")).unwrap());
+    eprintln!(
+        "{}",
+        std::fs::read_to_string(out.join("lateralization.md")).unwrap()
+    );
     assert_eq!(models.len(), 4);
     for m in &models {
         let side = if m.hemisphere == Hemisphere::Left {
