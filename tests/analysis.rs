@@ -9,22 +9,17 @@ use vcl_trainer::backbones::{Arch, Device};
 use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
 use vcl_trainer::{paths, ridge};
 
-#[test]
-fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
-    let dir = tempfile::tempdir().unwrap();
-    // One demo-preset subject at 64 px: 680 training images. (On the tiny preset's 36
-    // the ridge readout is a mix of the training images' own feature maps and its
-    // saliency does not show the receptive fields: indices of +-0.01.)
-    let (_data_dir, data) = vcl_tests::preset_dataset(vcl_trainer::synth::Preset::Demo, 3, 1);
-    let run = dir.path().join("fit");
-    let cfg = FitConfig {
+/// An untuned 64 px fit of subj01's left V1 at features.6, per-voxel ridge, a quarter
+/// held out: what each test changes a field of.
+fn untuned_fit(data: std::path::PathBuf) -> FitConfig {
+    FitConfig {
         data_dir: data,
         subjects: vec!["subj01".into()],
-        hemispheres: vec![Hemisphere::Left, Hemisphere::Right],
-        rois: vec!["V1v".into(), "V1d".into()],
+        hemispheres: vec![Hemisphere::Left],
+        rois: vec!["V1".into()],
         arch: Arch::MobileNetV2,
         weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
-        taps: vec!["features.3".into(), "features.6".into()],
+        taps: vec!["features.6".into()],
         input_size: 64,
         pca_components: 1000,
         alphas: ridge::default_alphas(),
@@ -35,6 +30,22 @@ fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
         max_feature_dim: Some(8192),
         batch_size: 16,
         method: "untuned".into(),
+    }
+}
+
+#[test]
+fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
+    let dir = tempfile::tempdir().unwrap();
+    // One demo-preset subject at 64 px: 680 training images. (On the tiny preset's 36
+    // the ridge readout is a mix of the training images' own feature maps and its
+    // saliency does not show the receptive fields: indices of +-0.01.)
+    let (_data_dir, data) = vcl_tests::preset_dataset(vcl_trainer::synth::Preset::Demo, 3, 1);
+    let run = dir.path().join("fit");
+    let cfg = FitConfig {
+        hemispheres: vec![Hemisphere::Left, Hemisphere::Right],
+        rois: vec!["V1v".into(), "V1d".into()],
+        taps: vec!["features.3".into(), "features.6".into()],
+        ..untuned_fit(data)
     };
     encoding::fit(&cfg, &run, &dir.path().join("cache"), Device::Cpu).expect("fit");
 
@@ -238,23 +249,9 @@ fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
     let runs = dir.path().join("runs");
     let cache = dir.path().join("cache");
     let fit_cfg = |weights: std::path::PathBuf, method: &str| FitConfig {
-        data_dir: data.clone(),
-        subjects: vec!["subj01".into()],
-        hemispheres: vec![Hemisphere::Left],
-        rois: vec!["V1".into()],
-        arch: Arch::MobileNetV2,
         weights,
-        taps: vec!["features.6".into()],
-        input_size: 64,
-        pca_components: 1000,
-        alphas: ridge::default_alphas(),
-        folds: 5,
-        alpha_mode: AlphaMode::Voxel,
-        heldout_fraction: 0.25,
-        split_seed: 0,
-        max_feature_dim: Some(8192),
-        batch_size: 16,
         method: method.into(),
+        ..untuned_fit(data.clone())
     };
     let untuned = runs.join("untuned");
     let weights = paths::weights_dir().join("mobilenet_v2.safetensors");

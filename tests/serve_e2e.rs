@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use vcl_server::http::{start_background, AppState};
-use vcl_server::repository::{self, Live, Repository};
+use vcl_server::repository::{self, Live};
 use vcl_server::runtime::DeviceChoice;
 use vcl_server::Config;
 use vcl_tests::{python, run_python, serve_bin};
@@ -191,7 +191,8 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
     cfg.max_queue_delay_ms = 20;
     cfg.intra_threads = 2;
     let rt = repository::runtime(&cfg).unwrap();
-    let loaded = Repository::load_ort(&cfg, rt).unwrap();
+    let live = Live::load(&cfg, repository::ort_opener(&cfg, rt).unwrap()).unwrap();
+    let loaded = live.snapshot();
     let names: Vec<&String> = loaded.models.keys().collect();
     assert_eq!(
         names,
@@ -206,9 +207,8 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let open = repository::ort_opener(&cfg, rt).unwrap();
     let state = AppState {
-        live: Arc::new(Live::new(loaded, cfg.clone(), open)),
+        live: Arc::new(live),
         cfg: Arc::new(cfg),
         render_metrics: Arc::new(move || handle.render()),
     };

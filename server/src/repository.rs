@@ -194,11 +194,6 @@ impl Repository {
         }
         Ok((next, report))
     }
-
-    /// Loads with ONNX Runtime on `cfg.device`, intra-op threads from the cores.
-    pub fn load_ort(cfg: &Config, rt: &'static Runtime) -> Result<Self, ServerError> {
-        Repository::load(cfg, &*ort_opener(cfg, rt)?)
-    }
 }
 
 /// Opens version folders with ONNX Runtime on `cfg.device`; intra-op threads from

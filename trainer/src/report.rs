@@ -36,14 +36,12 @@ struct Section {
     blocks: Vec<Block>,
 }
 
-/// Folders under `root` (itself and two levels down) holding `file`, sorted.
-fn holding(root: &Path, file: &str) -> Vec<PathBuf> {
+/// `root` and its folders two levels down, sorted (checkpoints and encoders skipped):
+/// walked once, then asked for each kind of file.
+fn run_dirs(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![(root.to_path_buf(), 0)];
     while let Some((dir, depth)) = stack.pop() {
-        if dir.join(file).is_file() {
-            out.push(dir.clone());
-        }
         if depth < 2 {
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {
@@ -60,9 +58,18 @@ fn holding(root: &Path, file: &str) -> Vec<PathBuf> {
                 }
             }
         }
+        out.push(dir);
     }
     out.sort();
     out
+}
+
+/// The folders of `dirs` holding `file`.
+fn holding(dirs: &[PathBuf], file: &str) -> Vec<PathBuf> {
+    dirs.iter()
+        .filter(|d| d.join(file).is_file())
+        .cloned()
+        .collect()
 }
 
 fn rel(root: &Path, p: &Path) -> String {
@@ -83,7 +90,8 @@ fn pngs(dir: &Path) -> Vec<PathBuf> {
 
 fn gather(root: &Path) -> Result<Vec<Section>> {
     let mut sections = Vec::new();
-    let fits = holding(root, "fit.json");
+    let dirs = run_dirs(root);
+    let fits = holding(&dirs, "fit.json");
 
     // The dataset: from the first fit's data folder, if it is still there.
     if let Some(fit) = fits.first() {
@@ -120,7 +128,7 @@ fn gather(root: &Path) -> Result<Vec<Section>> {
     }
     let simple = |title: &str, file: &str| -> Option<Section> {
         let mut blocks = Vec::new();
-        for dir in holding(root, file) {
+        for dir in holding(&dirs, file) {
             blocks.push(Block::Text(format!("### {}", rel(root, &dir))));
             blocks.push(Block::Markdown(dir.join(file)));
             for p in pngs(&dir) {
@@ -145,7 +153,7 @@ fn gather(root: &Path) -> Result<Vec<Section>> {
     };
     sections.extend(simple("Comparison of methods", "comparison.md"));
     let mut blocks = Vec::new();
-    for dir in holding(root, "transfer.csv") {
+    for dir in holding(&dirs, "transfer.csv") {
         blocks.push(Block::Text(format!("### {}", rel(root, &dir))));
         for p in pngs(&dir) {
             blocks.push(Block::Image(p, "cross-subject transfer".into()));
@@ -158,7 +166,7 @@ fn gather(root: &Path) -> Result<Vec<Section>> {
         });
     }
     let mut blocks = Vec::new();
-    for run in holding(root, "history.csv") {
+    for run in holding(&dirs, "history.csv") {
         let json = |f: &str| {
             std::fs::read_to_string(run.join(f))
                 .ok()

@@ -15,7 +15,7 @@ use super::backbones::NamedBackbone;
 use super::probe::ProbeSet;
 use crate::backbones::Backbone;
 use crate::encoding::error::{EncodingError, Result};
-use crate::{images, plots};
+use crate::plots;
 
 /// Mean over images of the Bhattacharyya distance between rows of p and q [N, K]
 /// (probability distributions).
@@ -83,15 +83,8 @@ pub fn landscape(
     let mut probs = Vec::new();
     for m in models {
         let backbone = Backbone::load(m.arch, &m.weights, device)?;
-        let n = set.images.size()[0];
-        let mut parts = Vec::new();
-        for start in (0..n).step_by(32) {
-            let len = 32.min(n - start);
-            let x = images::normalize(&set.images.narrow(0, start, len).to_device(device));
-            let p = tch::no_grad(|| backbone.logits(&x, false).softmax(1, Kind::Float));
-            parts.push(p.to_device(Device::Cpu));
-        }
-        probs.push(Tensor::cat(&parts, 0));
+        let logits = super::probe::features(&backbone, None, &set.images, 32)?;
+        probs.push(logits.softmax(1, Kind::Float));
     }
     let k = probs.len();
     let mut distance = vec![vec![0.0; k]; k];

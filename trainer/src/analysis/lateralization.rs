@@ -211,50 +211,55 @@ pub fn lateralization(cfg: &LateralizationConfig, device: Device) -> Result<Vec<
     Ok(results)
 }
 
+/// The indices of `r` in the column order of the CSV and the Markdown table.
+fn columns(r: &ModelLaterality) -> [f64; 10] {
+    [
+        r.gradient_lr,
+        r.gradient_lr_mirrored,
+        r.gradient_lr_agreement,
+        r.hirescam_lr,
+        r.hirescam_lr_mirrored,
+        r.gradcam_lr,
+        r.gradcam_lr_mirrored,
+        r.gradient_ud,
+        r.hirescam_ud,
+        r.gradcam_ud,
+    ]
+}
+
 fn write(out: &Path, results: &[ModelLaterality]) -> Result<()> {
     store::write_json(&out.join("lateralization.json"), &results)?;
-    let mut csv = String::from("subject,hemisphere,roi,tap,gradcam_layer,images,gradient_lr,gradient_lr_mirrored,gradient_lr_agreement,gradcam_lr,gradcam_lr_mirrored,hirescam_lr,hirescam_lr_mirrored,gradient_ud,gradcam_ud,hirescam_ud\n");
+    let mut csv = String::from("subject,hemisphere,roi,tap,gradcam_layer,images,gradient_lr,gradient_lr_mirrored,gradient_lr_agreement,hirescam_lr,hirescam_lr_mirrored,gradcam_lr,gradcam_lr_mirrored,gradient_ud,hirescam_ud,gradcam_ud\n");
     let mut md = String::from("Saliency of each ROI model on held-out images, mean over images: L/R = (right - left) / total, U/D = (upper - lower) / total. \"mirrored\": the mirror images' saliency flipped back onto the originals (a model that reads a fixed place of the visual field changes sign there). Expected for early ROIs: left hemisphere L/R > 0, right hemisphere < 0; ventral U/D > 0, dorsal < 0. Grad-CAM averages gradients over positions and so follows image content rather than the receptive field; HiResCAM keeps them.\n\n| model | tap | CAM layer | images | L/R gradient | mirrored | same sign | L/R HiResCAM | mirrored | L/R Grad-CAM | mirrored | U/D gradient | U/D HiResCAM | U/D Grad-CAM |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
+        let values = columns(r);
+        let csv_values: Vec<String> = values.iter().map(|v| format!("{v:.5}")).collect();
+        let md_values: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match i {
+                2 => format!("{:.0}%", 100.0 * v),
+                _ => format!("{v:+.3}"),
+            })
+            .collect();
+        let (h, layer) = (r.hemisphere.prefix(), &r.gradcam_layer);
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{:.5},{:.5},{:.4},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5},{:.5}",
+            "{},{h},{},{},{layer},{},{}",
             r.subject,
-            r.hemisphere.prefix(),
             r.roi,
             r.tap,
-            r.gradcam_layer,
             r.images,
-            r.gradient_lr,
-            r.gradient_lr_mirrored,
-            r.gradient_lr_agreement,
-            r.gradcam_lr,
-            r.gradcam_lr_mirrored,
-            r.hirescam_lr,
-            r.hirescam_lr_mirrored,
-            r.gradient_ud,
-            r.gradcam_ud,
-            r.hirescam_ud
+            csv_values.join(",")
         );
         let _ = writeln!(
             md,
-            "| {} {} {} | {} | {} | {} | {:+.3} | {:+.3} | {:.0}% | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} | {:+.3} |",
+            "| {} {h} {} | {} | {layer} | {} | {} |",
             r.subject,
-            r.hemisphere.prefix(),
             r.roi,
             r.tap,
-            r.gradcam_layer,
             r.images,
-            r.gradient_lr,
-            r.gradient_lr_mirrored,
-            100.0 * r.gradient_lr_agreement,
-            r.hirescam_lr,
-            r.hirescam_lr_mirrored,
-            r.gradcam_lr,
-            r.gradcam_lr_mirrored,
-            r.gradient_ud,
-            r.hirescam_ud,
-            r.gradcam_ud
+            md_values.join(" | ")
         );
     }
     let csv_path = out.join("lateralization.csv");

@@ -17,6 +17,7 @@ use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 use super::backbones::NamedBackbone;
 use crate::backbones::{Arch, Backbone};
 use crate::encoding::error::{EncodingError, Result};
+use crate::finetune::image_features;
 use crate::{images, plots};
 
 /// Labeled images, float32 [N, 3, S, S] in [0, 1] on the CPU.
@@ -104,23 +105,24 @@ pub fn photo_sources(dir: &Path, per_photo: usize, size: u32, seed: u64) -> Resu
     })
 }
 
-/// Features [N, F] of `tap` (conv maps averaged over space), in batches, no graph.
-pub fn features(backbone: &Backbone, tap: &str, x_unit: &Tensor, batch: i64) -> Result<Tensor> {
+/// Features [N, F] of unit-range images, in batches, without a graph: what the
+/// fine-tuning heads read (`finetune::image_features`: `tap` averaged over space, or
+/// the logits when `tap` is None), on the CPU.
+pub fn features(
+    backbone: &Backbone,
+    tap: Option<&str>,
+    x_unit: &Tensor,
+    batch: i64,
+) -> Result<Tensor> {
     let device = backbone.device();
     let n = x_unit.size()[0];
     let mut parts = Vec::new();
     for start in (0..n).step_by(batch.max(1) as usize) {
         let len = batch.min(n - start);
         let x = images::normalize(&x_unit.narrow(0, start, len).to_device(device));
-        let out = tch::no_grad(|| backbone.taps(&x, &[tap], false))?
-            .pop()
-            .ok_or_else(|| EncodingError::Invalid(format!("no output at {tap}")))?;
-        let f = if out.dim() == 4 {
-            out.mean_dim([2i64, 3].as_slice(), false, Kind::Float)
-        } else {
-            out.flatten(1, -1)
-        };
-        parts.push(f.to_device(Device::Cpu));
+        let f = tch::no_grad(|| image_features(backbone, &x, tap, false))
+            .map_err(|e| EncodingError::Invalid(e.to_string()))?;
+        parts.push(f.to_kind(Kind::Float).to_device(Device::Cpu));
     }
     Ok(Tensor::cat(&parts, 0))
 }
@@ -238,7 +240,7 @@ pub fn probe(
         let tap = tap.unwrap_or(default_tap(m.arch));
         backbone.tap_index(tap)?;
         for set in sets {
-            let x = features(&backbone, tap, &set.images, 32)?;
+            let x = features(&backbone, Some(tap), &set.images, 32)?;
             let accuracy = cv_accuracy(&x, &set.labels, set.classes, folds, 0);
             let most = (0..set.classes as i64)
                 .map(|c| set.labels.iter().filter(|&&l| l == c).count())
