@@ -207,11 +207,11 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let state = AppState {
-        live: Arc::new(live),
-        cfg: Arc::new(cfg),
-        render_metrics: Arc::new(move || handle.render()),
-    };
+    let state = AppState::new(
+        Arc::new(live),
+        Arc::new(cfg),
+        Arc::new(move || handle.render()),
+    );
     let (addr, server) = start_background(state, "127.0.0.1", 0).unwrap();
     let onnx = repo.join(model).join("1/model.onnx");
     let url = PathBuf::from(format!("http://{addr}"));

@@ -1,9 +1,11 @@
 //! The one contract between vcl's trainer and server: the model repository's
-//! versioned manifest schema (`manifest`) and the ONNX Runtime loader both sides run
+//! versioned manifest schema (`manifest`), the repository's rules (`repository`: what a
+//! version is, how one is published) and the ONNX Runtime loader both sides run
 //! models with (`runtime`). Deliberately small: no libtorch, no HTTP.
 
 pub mod error;
 pub mod manifest;
+pub mod repository;
 pub mod runtime;
 
 pub use error::ContractError;

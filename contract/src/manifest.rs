@@ -244,8 +244,45 @@ pub struct ResizeSpec {
     /// Resampling filter: `triangle` (bilinear with antialiasing, the image crate's
     /// Triangle filter, as the trainer resized every training image).
     pub filter: String,
-    /// Aspect ratio is not kept and nothing is cropped (METHOD.md).
+    /// false: the whole image is resized, aspect ratio not kept (METHOD.md, what
+    /// `vcl export` writes); true: the largest centred square is cut out first.
     pub crop: bool,
+}
+
+/// The resampling filters a manifest may name, as the image crate implements them
+/// (the trainer resizes with the same crate, so a server resizes identically).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeFilter {
+    Nearest,
+    /// Bilinear with antialiasing: what `vcl export` writes.
+    Triangle,
+    CatmullRom,
+    Gaussian,
+    Lanczos3,
+}
+
+impl ResizeFilter {
+    pub const NAMES: [&'static str; 5] =
+        ["nearest", "triangle", "catmull_rom", "gaussian", "lanczos3"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        use ResizeFilter::*;
+        Some(match name {
+            "nearest" => Nearest,
+            "triangle" => Triangle,
+            "catmull_rom" => CatmullRom,
+            "gaussian" => Gaussian,
+            "lanczos3" => Lanczos3,
+            _ => return None,
+        })
+    }
+}
+
+impl ResizeSpec {
+    /// The filter (validated manifests always name a known one).
+    pub fn filter(&self) -> ResizeFilter {
+        ResizeFilter::parse(&self.filter).unwrap_or(ResizeFilter::Triangle)
+    }
 }
 
 /// Normalization the graph applies itself: clients send [0, 1] RGB.
@@ -525,6 +562,15 @@ impl Manifest {
             field: field.to_string(),
             reason,
         };
+        // serde_json writes NaN and infinities as null, which no reader takes back: a
+        // non-finite number is refused here, before it is written.
+        let finite = |field: &str, v: f64| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(bad(field, format!("{v} is not a finite number")))
+            }
+        };
         if self.schema_version != SCHEMA_VERSION {
             return Err(ContractError::UnknownSchemaVersion {
                 path: path.to_path_buf(),
@@ -596,9 +642,38 @@ impl Manifest {
             if r.pca_components == 0 {
                 return Err(bad(&field("pca_components"), "is 0".into()));
             }
+            let mut numbers = vec![
+                ("alpha.min", a.min),
+                ("alpha.median", a.median),
+                ("alpha.max", a.max),
+                ("cv_score", r.cv_score as f64),
+            ];
+            if let Some(e) = &r.evaluation {
+                numbers.extend([
+                    ("evaluation.mean_r", e.mean_r as f64),
+                    ("evaluation.median_r", e.median_r as f64),
+                    ("evaluation.frac_significant", e.frac_significant as f64),
+                ]);
+                for (name, v) in [
+                    ("evaluation.algonauts_mean", e.algonauts_mean),
+                    ("evaluation.algonauts_median", e.algonauts_median),
+                    ("evaluation.mean_noise_ceiling", e.mean_noise_ceiling),
+                    ("evaluation.mean_r_truth", e.mean_r_truth),
+                ] {
+                    numbers.extend(v.map(|v| (name, v as f64)));
+                }
+            }
+            for (name, v) in numbers {
+                finite(&field(name), v)?;
+            }
         }
         let v = next as u64;
         let n_rois = self.rois.len() as u64;
+        let ver = &self.verification;
+        finite("verification.max_abs_diff", ver.max_abs_diff)?;
+        finite("verification.max_rel_diff", ver.max_rel_diff)?;
+        finite("verification.tolerance", ver.tolerance)?;
+        finite("training.heldout_fraction", self.training.heldout_fraction)?;
 
         let inp = &self.input;
         let expect_input = TensorSpec {
@@ -633,6 +708,44 @@ impl Manifest {
                     inp.resize.size, inp.height, inp.width
                 ),
             ));
+        }
+        if inp.layout != "NCHW" {
+            return Err(bad(
+                "input.layout",
+                format!("'{}': schema 1 models take NCHW", inp.layout),
+            ));
+        }
+        if inp.channels != "RGB" {
+            return Err(bad(
+                "input.channels",
+                format!("'{}': schema 1 models take RGB", inp.channels),
+            ));
+        }
+        ResizeFilter::parse(&inp.resize.filter).ok_or_else(|| {
+            bad(
+                "input.resize.filter",
+                format!(
+                    "'{}' is not one of {}",
+                    inp.resize.filter,
+                    ResizeFilter::NAMES.join(", ")
+                ),
+            )
+        })?;
+        let [lo, hi] = inp.value_range;
+        finite("input.value_range[0]", lo as f64)?;
+        finite("input.value_range[1]", hi as f64)?;
+        if lo >= hi {
+            return Err(bad("input.value_range", format!("[{lo}, {hi}] is empty")));
+        }
+        for (i, (m, s)) in inp
+            .normalization
+            .mean
+            .iter()
+            .zip(&inp.normalization.std)
+            .enumerate()
+        {
+            finite(&format!("input.normalization.mean[{i}]"), *m as f64)?;
+            finite(&format!("input.normalization.std[{i}]"), *s as f64)?;
         }
         if !inp.normalization.in_graph {
             return Err(bad(
@@ -875,6 +988,65 @@ mod tests {
         assert!(e.contains("modle"), "{e}");
         let e = Manifest::parse("not json", &path).unwrap_err().to_string();
         assert!(e.contains("not valid JSON"), "{e}");
+    }
+
+    /// A NaN score once made a manifest that no reader took back (serde_json writes it
+    /// as null): writing refuses it, naming the field, and so do unknown preprocessing.
+    #[test]
+    fn refuses_non_finite_numbers_and_unknown_preprocessing() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = write_pair(dir.path(), b"x");
+        let path = dir.path().join(MANIFEST_FILE);
+        type Spoil = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            (
+                "rois[0].cv_score",
+                Box::new(|m| m.rois[0].cv_score = f32::NAN),
+            ),
+            (
+                "rois[1].alpha.max",
+                Box::new(|m| m.rois[1].alpha.max = f64::INFINITY),
+            ),
+            (
+                "verification.max_abs_diff",
+                Box::new(|m| m.verification.max_abs_diff = f64::NAN),
+            ),
+            (
+                "input.value_range[1]",
+                Box::new(|m| m.input.value_range[1] = f32::INFINITY),
+            ),
+            (
+                "input.value_range",
+                Box::new(|m| m.input.value_range = [1.0, 0.0]),
+            ),
+            ("input.layout", Box::new(|m| m.input.layout = "NHWC".into())),
+            (
+                "input.channels",
+                Box::new(|m| m.input.channels = "BGR".into()),
+            ),
+            (
+                "input.resize.filter",
+                Box::new(|m| m.input.resize.filter = "bicubic".into()),
+            ),
+        ];
+        for (field, spoil) in cases {
+            let mut m = good.clone();
+            spoil(&mut m);
+            let e = m.write(dir.path()).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        // What was on disk before the refused writes is intact.
+        assert_eq!(Manifest::load(dir.path()).unwrap(), good);
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        doc["rois"][0]["cv_score"] = serde_json::Value::Null;
+        let e = Manifest::parse(&doc.to_string(), &path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rois[0].cv_score"), "{e}");
+        for f in ResizeFilter::NAMES {
+            assert!(ResizeFilter::parse(f).is_some());
+        }
     }
 
     #[test]

@@ -1,13 +1,22 @@
-//! The backend: a small synchronous trait free of ort types. [`OrtBackend`] runs an
-//! exported model with ONNX Runtime; [`FakeBackend`] computes something simple and
-//! known, for tests of everything above it. A backend is owned by one batcher thread.
+//! The backend: a small synchronous trait free of ort types, and the thread that owns
+//! one ([`worker`]). [`OrtBackend`] runs an exported model with ONNX Runtime (the
+//! `testing` feature adds a fake). The worker warms the backend up, then runs the
+//! batches the batcher hands it; a panic, or [`MAX_CONSECUTIVE_FAILURES`] failed
+//! batches in a row, marks the model failed (not ready, with the reason) and stops
+//! the thread, so that readiness tells the truth and the next reload reopens it.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
 
-use vcl_contract::manifest::{Manifest, VoxelSlice};
+use vcl_contract::manifest::Manifest;
 use vcl_contract::runtime::{self, NamedOutput};
+
+use crate::batcher::{Batch, Readiness};
+use crate::error::ServerError;
+use crate::metrics as m;
 
 /// What one batch computes: voxels [n, V] and roi_means [n, R], row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,73 +88,6 @@ impl Backend for OrtBackend {
     }
 }
 
-/// For tests: voxel j of an image is the mean of its channel j % 3 plus j / 1000; an
-/// ROI's mean is its voxels' mean. Records each batch's size; can sleep or fail.
-pub struct FakeBackend {
-    pub chw: [usize; 3],
-    pub slices: Vec<VoxelSlice>,
-    pub delay: Duration,
-    pub fail: bool,
-    pub batches: Arc<Mutex<Vec<usize>>>,
-}
-
-impl FakeBackend {
-    pub fn new(manifest: &Manifest) -> Self {
-        FakeBackend {
-            chw: chw(manifest),
-            slices: manifest.rois.iter().map(|r| r.slice).collect(),
-            delay: Duration::ZERO,
-            fail: false,
-            batches: Arc::default(),
-        }
-    }
-
-    /// What the fake predicts for one image ([3, H, W]): (voxels, roi_means).
-    pub fn expected(&self, image: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let plane = self.chw[1] * self.chw[2];
-        let means: Vec<f32> = (0..3)
-            .map(|c| image[c * plane..(c + 1) * plane].iter().sum::<f32>() / plane as f32)
-            .collect();
-        let v = self.slices.last().map(|s| s.end).unwrap_or(0);
-        let voxels: Vec<f32> = (0..v).map(|j| means[j % 3] + j as f32 / 1000.0).collect();
-        let rois = self
-            .slices
-            .iter()
-            .map(|s| voxels[s.start..s.end].iter().sum::<f32>() / s.len() as f32)
-            .collect();
-        (voxels, rois)
-    }
-}
-
-impl Backend for FakeBackend {
-    fn predict(&mut self, n: usize, pixels: Vec<f32>) -> Result<Outputs, BackendError> {
-        self.batches.lock().unwrap().push(n);
-        if !self.delay.is_zero() {
-            std::thread::sleep(self.delay);
-        }
-        if self.fail {
-            return Err(BackendError("the fake backend was told to fail".into()));
-        }
-        let per = self.chw.iter().product::<usize>();
-        if pixels.len() != n * per {
-            return Err(BackendError(format!(
-                "{} values for {n} images of {per}",
-                pixels.len()
-            )));
-        }
-        let mut out = Outputs {
-            voxels: Vec::new(),
-            roi_means: Vec::new(),
-        };
-        for img in pixels.chunks(per) {
-            let (v, r) = self.expected(img);
-            out.voxels.extend(v);
-            out.roi_means.extend(r);
-        }
-        Ok(out)
-    }
-}
-
 /// Opens `dir/model.onnx` on ONNX Runtime and checks it against its manifest.
 pub fn open_ort(
     rt: &runtime::Runtime,
@@ -158,4 +100,154 @@ pub fn open_ort(
     let (session, provider) = rt.session(&model, device, intra_threads)?;
     runtime::check_session(manifest, &session, &model)?;
     Ok((OrtBackend::new(session, manifest), provider))
+}
+
+/// Failed batches in a row after which a backend is taken for broken.
+pub const MAX_CONSECUTIVE_FAILURES: u32 = 3;
+
+/// What the worker needs to know of its model.
+pub struct WorkerConfig {
+    pub model: String,
+    /// [3, H, W], for the warm-up input.
+    pub chw: [usize; 3],
+    /// Columns of voxels and roi_means, to split the outputs per entry.
+    pub n_voxels: usize,
+    pub n_rois: usize,
+}
+
+/// Starts the backend thread: a warm-up inference (then the model is ready), then
+/// batches until the batcher is gone or the backend breaks.
+pub fn spawn_worker(
+    cfg: WorkerConfig,
+    backend: Box<dyn Backend>,
+    batches: Receiver<Batch>,
+    ready: Arc<Readiness>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("backend-{}", cfg.model))
+        .spawn(move || worker(&cfg, backend, &batches, &ready))
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Runs the backend, a panic caught and turned into an error.
+fn guarded(
+    backend: &mut dyn Backend,
+    n: usize,
+    pixels: Vec<f32>,
+) -> Result<Result<Outputs, BackendError>, String> {
+    catch_unwind(AssertUnwindSafe(|| backend.predict(n, pixels))).map_err(|p| panic_message(&*p))
+}
+
+fn worker(
+    cfg: &WorkerConfig,
+    mut backend: Box<dyn Backend>,
+    batches: &Receiver<Batch>,
+    ready: &Readiness,
+) {
+    let t = Instant::now();
+    let warm = vec![0.5f32; cfg.chw.iter().product()];
+    match guarded(backend.as_mut(), 1, warm) {
+        Ok(Ok(_)) => {
+            tracing::info!(model = %cfg.model, ms = t.elapsed().as_millis() as u64, "warm-up done, ready");
+            ready.set_ready();
+        }
+        Ok(Err(e)) => {
+            tracing::error!(model = %cfg.model, error = %e, "warm-up inference failed: the model stays not ready");
+            ready.fail(format!("its warm-up inference failed: {e}"));
+            return;
+        }
+        Err(p) => {
+            tracing::error!(model = %cfg.model, panic = %p, "warm-up inference panicked");
+            ready.fail(format!("its warm-up inference panicked: {p}"));
+            return;
+        }
+    }
+    let mut failures = 0;
+    for batch in batches {
+        match execute(cfg, backend.as_mut(), batch) {
+            Ok(()) => failures = 0,
+            Err(Broken::Failed(e)) => {
+                failures += 1;
+                if failures >= MAX_CONSECUTIVE_FAILURES {
+                    m::backend_failure(&cfg.model, "errors");
+                    tracing::error!(model = %cfg.model, failures, error = %e, "backend keeps failing: model marked failed");
+                    ready.fail(format!(
+                        "{failures} inferences in a row failed, the last with: {e}"
+                    ));
+                    return;
+                }
+            }
+            Err(Broken::Panicked(p)) => {
+                m::backend_failure(&cfg.model, "panic");
+                tracing::error!(model = %cfg.model, panic = %p, "backend panicked: model marked failed");
+                ready.fail(format!("the backend panicked: {p}"));
+                return;
+            }
+        }
+    }
+}
+
+enum Broken {
+    Failed(String),
+    Panicked(String),
+}
+
+/// Runs one batch and answers its entries.
+fn execute(cfg: &WorkerConfig, backend: &mut dyn Backend, batch: Batch) -> Result<(), Broken> {
+    let start = Instant::now();
+    let mut pixels = Vec::with_capacity(batch.entries.iter().map(|e| e.pixels.len()).sum());
+    for e in &batch.entries {
+        m::queue_time(&cfg.model, start - e.enqueued);
+        pixels.extend_from_slice(&e.pixels);
+    }
+    m::batch_size(&cfg.model, batch.size);
+    let result = guarded(backend, batch.size, pixels);
+    m::inference_time(&cfg.model, start.elapsed());
+    let (v, r) = (batch.size * cfg.n_voxels, batch.size * cfg.n_rois);
+    let result = match result {
+        Ok(Ok(out)) if out.voxels.len() == v && out.roi_means.len() == r => Ok(out),
+        Ok(Ok(out)) => Err(Broken::Failed(format!(
+            "the backend returned {} voxel and {} ROI values for {} images; expected {v} and {r}",
+            out.voxels.len(),
+            out.roi_means.len(),
+            batch.size
+        ))),
+        Ok(Err(e)) => Err(Broken::Failed(e.to_string())),
+        Err(p) => Err(Broken::Panicked(p)),
+    };
+    match result {
+        Ok(out) => {
+            let (mut v0, mut r0) = (0, 0);
+            for e in batch.entries {
+                let (v1, r1) = (v0 + e.n * cfg.n_voxels, r0 + e.n * cfg.n_rois);
+                let part = Outputs {
+                    voxels: out.voxels[v0..v1].to_vec(),
+                    roi_means: out.roi_means[r0..r1].to_vec(),
+                };
+                (v0, r0) = (v1, r1);
+                if e.reply.send(Ok(part)).is_err() {
+                    m::dropped(&cfg.model, "client_gone");
+                }
+            }
+            m::images(&cfg.model, batch.size);
+            Ok(())
+        }
+        Err(broken) => {
+            let why = match &broken {
+                Broken::Failed(e) => e.clone(),
+                Broken::Panicked(p) => format!("the backend panicked: {p}"),
+            };
+            tracing::error!(model = %cfg.model, batch = batch.size, error = %why, "inference failed");
+            for e in batch.entries {
+                let _ = e.reply.send(Err(ServerError::Inference(why.clone())));
+            }
+            Err(broken)
+        }
+    }
 }

@@ -1,21 +1,32 @@
-//! One thread per model owns its backend (and so its ORT session, whose `run` takes
-//! `&mut self`) and the receiving end of the model's queue. It blocks for a first
-//! entry, then lets the batch grow until it holds `max_batch_size` images or the first
-//! entry has waited `max_queue_delay`; entries that arrive while the backend runs wait
-//! in the channel and are drained at once into the next batch (they are already older
-//! than the delay). Each entry carries its reply channel, enqueue time and deadline:
-//! entries whose client hung up are skipped and counted, expired ones answered 503.
+//! The batcher: one thread per model assembles batches from the model's queue and
+//! hands them to the model's backend thread ([`crate::backend::worker`]), which alone
+//! owns the session. Assembly overlaps inference, as in text-embeddings-inference's
+//! router: while the backend runs one batch, the next one grows here.
+//!
+//! The hand-off is a rendezvous (a channel of capacity 0): a batch leaves only when the
+//! backend asks for work, and until then it keeps taking entries, up to
+//! `max_batch_size` images. A channel of capacity 1 would fix the next batch's size one
+//! inference early (whatever had queued when the slot emptied); the rendezvous costs a
+//! poll of at most [`HANDOFF_POLL`] while the backend is busy and nothing when it is
+//! idle. The first entry of a batch may wait `max_queue_delay` for others when the
+//! backend is idle (0 by default: see the config).
+//!
+//! Each entry carries its reply channel, enqueue time and deadline: entries whose
+//! client hung up are skipped and counted, expired ones answered 503.
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use crate::backend::{Backend, Outputs};
+use crate::backend::Outputs;
 use crate::error::ServerError;
 use crate::metrics as m;
+
+/// How often a batch waiting for a busy backend checks whether it may go.
+pub const HANDOFF_POLL: Duration = Duration::from_micros(200);
 
 /// A chunk of one request: at most `max_batch_size` images.
 pub struct Entry {
@@ -29,81 +40,75 @@ pub struct Entry {
     pub permit: OwnedSemaphorePermit,
 }
 
+/// Entries that run as one inference, `size` images in all.
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    pub size: usize,
+}
+
 pub struct BatcherConfig {
     pub model: String,
     pub max_batch_size: usize,
     pub max_queue_delay: Duration,
-    /// [3, H, W], for the warm-up input.
-    pub chw: [usize; 3],
     pub timeout_ms: u64,
-    /// Columns of voxels and roi_means, to split the outputs per entry.
-    pub n_voxels: usize,
-    pub n_rois: usize,
 }
 
-/// A model's warm-up state: set once by its batcher, read by requests, readiness
-/// probes, and a reload waiting to swap the model in (which must tell a failed
-/// warm-up from a slow one).
-#[derive(Debug)]
-pub struct Readiness(AtomicU8);
+/// A model's health: warming up, ready, or failed (warm-up failed, or the backend
+/// panicked or kept failing), with the reason. Set by the batcher and the backend,
+/// read by requests, readiness probes and reloads (which reopen failed models).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    state: AtomicU8,
+    reason: Mutex<Option<String>>,
+}
 
 const WARMING: u8 = 0;
 const READY: u8 = 1;
 const FAILED: u8 = 2;
 
-impl Default for Readiness {
-    fn default() -> Self {
-        Readiness(AtomicU8::new(WARMING))
-    }
-}
-
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst) == READY
+        self.state.load(Ordering::SeqCst) == READY
     }
 
     pub fn has_failed(&self) -> bool {
-        self.0.load(Ordering::SeqCst) == FAILED
+        self.state.load(Ordering::SeqCst) == FAILED
     }
 
-    fn set(&self, ok: bool) {
-        self.0
-            .store(if ok { READY } else { FAILED }, Ordering::SeqCst);
+    /// Why the model failed, once it has.
+    pub fn failure(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_ready(&self) {
+        // A failure is final for this instance: only a reload replaces it.
+        let _ = self
+            .state
+            .compare_exchange(WARMING, READY, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    pub fn fail(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        self.state.store(FAILED, Ordering::SeqCst);
     }
 }
 
-/// Starts the model's thread: a warm-up inference (then `ready` is set), then batches
-/// until every sender is gone.
+/// Starts the model's batcher thread: it runs until every sender of `rx` is gone or
+/// the backend thread has stopped.
 pub fn spawn(
     cfg: BatcherConfig,
-    backend: Box<dyn Backend>,
     rx: Receiver<Entry>,
-    ready: Arc<Readiness>,
-) -> std::thread::JoinHandle<()> {
+    to_backend: SyncSender<Batch>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("batcher-{}", cfg.model))
-        .spawn(move || run(cfg, backend, rx, ready))
-        .expect("spawning a batcher thread")
+        .spawn(move || run(&cfg, &rx, &to_backend))
 }
 
-fn run(
-    cfg: BatcherConfig,
-    mut backend: Box<dyn Backend>,
-    rx: Receiver<Entry>,
-    ready: Arc<Readiness>,
-) {
-    let t = Instant::now();
-    let warm = vec![0.5f32; cfg.chw.iter().product()];
-    match backend.predict(1, warm) {
-        Ok(_) => {
-            tracing::info!(model = %cfg.model, ms = t.elapsed().as_millis() as u64, "warm-up done, ready");
-            ready.set(true);
-        }
-        Err(e) => {
-            tracing::error!(model = %cfg.model, error = %e, "warm-up inference failed: the model stays not ready");
-            ready.set(false);
-        }
-    }
+fn run(cfg: &BatcherConfig, rx: &Receiver<Entry>, to_backend: &SyncSender<Batch>) {
     let mut pending: Option<Entry> = None;
     loop {
         let first = match pending.take() {
@@ -113,38 +118,101 @@ fn run(
                 Err(_) => break,
             },
         };
-        let Some(first) = admit(&cfg, first) else {
+        let Some(first) = admit(cfg, first) else {
             continue;
         };
+        let mut batch = Batch {
+            size: first.n,
+            entries: Vec::new(),
+        };
         let flush_at = first.enqueued + cfg.max_queue_delay;
-        let mut size = first.n;
-        let mut batch = vec![first];
-        while size < cfg.max_batch_size {
+        batch.entries.push(first);
+        // The queue delay: wait for company until `flush_at`.
+        while batch.size < cfg.max_batch_size && pending.is_none() {
             let now = Instant::now();
-            let next = if now >= flush_at {
-                match rx.try_recv() {
-                    Ok(e) => e,
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv_timeout(flush_at - now) {
-                    Ok(e) => e,
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                }
-            };
-            let Some(next) = admit(&cfg, next) else {
-                continue;
-            };
-            if size + next.n > cfg.max_batch_size {
-                pending = Some(next);
+            if now >= flush_at {
                 break;
             }
-            size += next.n;
-            batch.push(next);
+            match rx.recv_timeout(flush_at - now) {
+                Ok(e) => add(cfg, &mut batch, &mut pending, e),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
         }
-        execute(&cfg, backend.as_mut(), batch, size);
+        // The hand-off: grow while the backend is busy.
+        let mut batch = Some(batch);
+        while let Some(b) = batch.take() {
+            match to_backend.try_send(b) {
+                Ok(()) => {}
+                Err(TrySendError::Disconnected(b)) => {
+                    answer_all(b, || ServerError::NotReady(cfg.model.clone()));
+                    if let Some(p) = pending.take() {
+                        let _ = p.reply.send(Err(ServerError::NotReady(cfg.model.clone())));
+                    }
+                    drain(cfg, rx);
+                    return;
+                }
+                Err(TrySendError::Full(mut b)) => {
+                    prune(cfg, &mut b);
+                    if b.entries.is_empty() {
+                        break;
+                    }
+                    if b.size < cfg.max_batch_size && pending.is_none() {
+                        match rx.recv_timeout(HANDOFF_POLL) {
+                            Ok(e) => add(cfg, &mut b, &mut pending, e),
+                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                        }
+                        batch = Some(b);
+                    } else if let Err(std::sync::mpsc::SendError(b)) = to_backend.send(b) {
+                        batch = Some(b);
+                    }
+                }
+            }
+        }
     }
     tracing::info!(model = %cfg.model, "batcher stopped");
+}
+
+/// Drops the entries of a waiting batch whose client left or whose deadline passed
+/// meanwhile (they would cost an inference nobody reads).
+fn prune(cfg: &BatcherConfig, b: &mut Batch) {
+    let entries = std::mem::take(&mut b.entries);
+    b.size = 0;
+    for e in entries {
+        // `admit` counts the entry out of the queue depth; it was counted out already.
+        m::queue_depth(&cfg.model, e.n as f64);
+        if let Some(e) = admit(cfg, e) {
+            b.size += e.n;
+            b.entries.push(e);
+        }
+    }
+}
+
+/// Adds `e` to the batch if it fits; otherwise it opens the next batch.
+fn add(cfg: &BatcherConfig, batch: &mut Batch, pending: &mut Option<Entry>, e: Entry) {
+    let Some(e) = admit(cfg, e) else {
+        return;
+    };
+    if batch.size + e.n > cfg.max_batch_size {
+        *pending = Some(e);
+    } else {
+        batch.size += e.n;
+        batch.entries.push(e);
+    }
+}
+
+fn answer_all(b: Batch, err: impl Fn() -> ServerError) {
+    for e in b.entries {
+        let _ = e.reply.send(Err(err()));
+    }
+}
+
+/// The backend is gone: every entry still queued, and every one that comes until the
+/// model is replaced, is answered 503.
+fn drain(cfg: &BatcherConfig, rx: &Receiver<Entry>) {
+    while let Ok(e) = rx.recv() {
+        m::queue_depth(&cfg.model, -(e.n as f64));
+        let _ = e.reply.send(Err(ServerError::NotReady(cfg.model.clone())));
+    }
 }
 
 /// The entry, unless its client is gone (dropped, counted) or its deadline passed
@@ -163,39 +231,4 @@ fn admit(cfg: &BatcherConfig, e: Entry) -> Option<Entry> {
         return None;
     }
     Some(e)
-}
-
-fn execute(cfg: &BatcherConfig, backend: &mut dyn Backend, batch: Vec<Entry>, size: usize) {
-    let start = Instant::now();
-    let mut pixels = Vec::with_capacity(batch.iter().map(|e| e.pixels.len()).sum());
-    for e in &batch {
-        m::queue_time(&cfg.model, start - e.enqueued);
-        pixels.extend_from_slice(&e.pixels);
-    }
-    m::batch_size(&cfg.model, size);
-    let result = backend.predict(size, pixels);
-    m::inference_time(&cfg.model, start.elapsed());
-    match result {
-        Ok(out) => {
-            let (mut v0, mut r0) = (0, 0);
-            for e in batch {
-                let (v1, r1) = (v0 + e.n * cfg.n_voxels, r0 + e.n * cfg.n_rois);
-                let part = Outputs {
-                    voxels: out.voxels[v0..v1].to_vec(),
-                    roi_means: out.roi_means[r0..r1].to_vec(),
-                };
-                (v0, r0) = (v1, r1);
-                if e.reply.send(Ok(part)).is_err() {
-                    m::dropped(&cfg.model, "client_gone");
-                }
-            }
-            m::images(&cfg.model, size);
-        }
-        Err(err) => {
-            tracing::error!(model = %cfg.model, batch = size, error = %err, "inference failed");
-            for e in batch {
-                let _ = e.reply.send(Err(ServerError::Inference(err.to_string())));
-            }
-        }
-    }
 }

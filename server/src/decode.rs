@@ -1,22 +1,62 @@
-//! Request payloads to model input: PNG/JPEG images (base64 in JSON, or raw bytes from
-//! multipart uploads) resized as the manifest says (bilinear with antialiasing, the
-//! image crate's Triangle filter, no crop, as the trainer resized its images) to
-//! [0, 1] RGB, and float32 .npy tensors in and out.
+//! Untrusted bytes to model input, with every bound checked before memory is spent:
+//! PNG/JPEG images (base64 in JSON, or raw bytes from multipart uploads) whose size is
+//! read from the header and refused before decoding when over the pixel limit, then
+//! resized as the manifest says ([`Preprocess`]: filter, crop, value range) to RGB
+//! [3, H, W]; float32 .npy tensors in and out; and the finite-and-in-range check of
+//! tensors that clients send as numbers.
 
 use std::io::Cursor;
+use std::time::Instant;
 
 use base64::Engine;
 use image::imageops::FilterType;
+use vcl_contract::manifest::{InputSpec, ResizeFilter};
 
 use crate::error::ServerError;
 
-/// Decodes base64 PNG/JPEG images to float32 [n, 3, h, w] in [0, 1].
-pub fn images(b64: &[String], h: u32, w: u32, max_side: u32) -> Result<Vec<f32>, ServerError> {
-    let files = b64
-        .iter()
+/// How the manifest says an image becomes input: resized to `height` x `width` with
+/// `filter`, the centred square cut out first when `crop`, 8-bit values mapped
+/// linearly onto `range`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    pub height: u32,
+    pub width: u32,
+    pub filter: FilterType,
+    pub crop: bool,
+    pub range: [f32; 2],
+}
+
+impl Preprocess {
+    pub fn of(input: &InputSpec) -> Self {
+        let filter = match input.resize.filter() {
+            ResizeFilter::Nearest => FilterType::Nearest,
+            ResizeFilter::Triangle => FilterType::Triangle,
+            ResizeFilter::CatmullRom => FilterType::CatmullRom,
+            ResizeFilter::Gaussian => FilterType::Gaussian,
+            ResizeFilter::Lanczos3 => FilterType::Lanczos3,
+        };
+        Preprocess {
+            height: input.height,
+            width: input.width,
+            filter,
+            crop: input.resize.crop,
+            range: input.value_range,
+        }
+    }
+}
+
+/// What one image may cost: checked from its header, before decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageLimits {
+    pub max_side: u32,
+    pub max_pixels: u64,
+}
+
+/// Decodes base64 strings (data URLs accepted) to bytes.
+pub fn base64_files(b64: &[String]) -> Result<Vec<Vec<u8>>, ServerError> {
+    b64.iter()
         .enumerate()
         .map(|(index, s)| {
-            // Accept data URLs: "data:image/png;base64,...".
             let s = s.split_once(";base64,").map_or(s.as_str(), |(_, d)| d);
             base64::engine::general_purpose::STANDARD
                 .decode(s.trim())
@@ -25,59 +65,115 @@ pub fn images(b64: &[String], h: u32, w: u32, max_side: u32) -> Result<Vec<f32>,
                     reason: e.to_string(),
                 })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    files_to_pixels(&files, h, w, max_side)
+        .collect()
 }
 
-/// Decodes PNG/JPEG files (raw bytes, as multipart uploads carry them) to float32
-/// [n, 3, h, w] in [0, 1].
+/// Decodes PNG/JPEG files to float32 [n, 3, h, w]. Past `deadline` it stops between
+/// images (the request has been answered 503 by then).
 pub fn files_to_pixels<B: AsRef<[u8]>>(
     files: &[B],
-    h: u32,
-    w: u32,
-    max_side: u32,
+    pre: &Preprocess,
+    limits: ImageLimits,
+    deadline: Option<Instant>,
 ) -> Result<Vec<f32>, ServerError> {
-    let plane = (h * w) as usize;
+    let plane = (pre.height * pre.width) as usize;
     let mut out = Vec::with_capacity(files.len() * 3 * plane);
+    let [lo, hi] = pre.range;
+    let scale = (hi - lo) / 255.0;
     for (index, bytes) in files.iter().enumerate() {
-        let rgb = decode_one(bytes.as_ref(), index, max_side)?;
-        let resized = if rgb.width() == w && rgb.height() == h {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(ServerError::Timeout { ms: 0 });
+        }
+        let rgb = decode_one(bytes.as_ref(), index, limits)?;
+        let rgb = if pre.crop {
+            let side = rgb.width().min(rgb.height());
+            let (x, y) = ((rgb.width() - side) / 2, (rgb.height() - side) / 2);
+            image::imageops::crop_imm(&rgb, x, y, side, side).to_image()
+        } else {
+            rgb
+        };
+        let resized = if rgb.width() == pre.width && rgb.height() == pre.height {
             rgb
         } else {
-            image::imageops::resize(&rgb, w, h, FilterType::Triangle)
+            image::imageops::resize(&rgb, pre.width, pre.height, pre.filter)
         };
         let start = out.len();
         out.resize(start + 3 * plane, 0.0);
         let dst = &mut out[start..];
         for (i, p) in resized.pixels().enumerate() {
             for c in 0..3 {
-                dst[c * plane + i] = p[c] as f32 / 255.0;
+                dst[c * plane + i] = lo + p[c] as f32 * scale;
             }
         }
     }
     Ok(out)
 }
 
-fn decode_one(bytes: &[u8], index: usize, max_side: u32) -> Result<image::RgbImage, ServerError> {
+fn decode_one(
+    bytes: &[u8],
+    index: usize,
+    limits: ImageLimits,
+) -> Result<image::RgbImage, ServerError> {
     let not_image = |reason: String| ServerError::NotAnImage { index, reason };
+    let too_large = |reason: String| ServerError::ImageTooLarge { index, reason };
     let mut reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| not_image(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(not_image("unrecognized format".into()));
+    match reader.format() {
+        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
+        Some(f) => return Err(not_image(format!("{f:?} images are not accepted"))),
+        None => return Err(not_image("unrecognized format".into())),
     }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(max_side);
-    limits.max_image_height = Some(max_side);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| match e {
-        image::ImageError::Limits(l) => ServerError::ImageTooLarge {
-            index,
-            reason: format!("{l} (sides up to {max_side} px)"),
-        },
+    let mut l = image::Limits::default();
+    l.max_image_width = Some(limits.max_side);
+    l.max_image_height = Some(limits.max_side);
+    // 16-bit RGBA is the most a PNG or JPEG decodes to per pixel.
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    reader.limits(l);
+    let decoder = reader.into_decoder().map_err(|e| match e {
+        image::ImageError::Limits(l) => {
+            too_large(format!("{l} (sides up to {} px)", limits.max_side))
+        }
+        e => not_image(e.to_string()),
+    })?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    let pixels = w as u64 * h as u64;
+    if pixels > limits.max_pixels {
+        return Err(too_large(format!(
+            "{w}x{h} is {pixels} pixels; the limit is {} (--max-image-pixels)",
+            limits.max_pixels
+        )));
+    }
+    if pixels == 0 {
+        return Err(not_image(format!("{w}x{h} has no pixels")));
+    }
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| match e {
+        image::ImageError::Limits(l) => too_large(l.to_string()),
         e => not_image(e.to_string()),
     })?;
     Ok(img.to_rgb8())
+}
+
+/// Refuses NaN, infinities, and values outside `range` (a little slack for rounding):
+/// a model given them answers numbers that mean nothing.
+pub fn check_values(values: &[f32], range: [f32; 2]) -> Result<(), ServerError> {
+    let [lo, hi] = range;
+    let slack = (hi - lo) * 1e-3;
+    let bad = values
+        .iter()
+        .position(|v| !v.is_finite() || *v < lo - slack || *v > hi + slack);
+    match bad {
+        None => Ok(()),
+        Some(i) if !values[i].is_finite() => Err(ServerError::OutOfRange(format!(
+            "value {i} is {}; inputs must be finite",
+            values[i]
+        ))),
+        Some(i) => Err(ServerError::OutOfRange(format!(
+            "value {i} is {}; this model takes pixel values in [{lo}, {hi}] (RGB / 255; \
+             it normalizes inside the graph, so do not subtract a mean)",
+            values[i]
+        ))),
+    }
 }
 
 /// A float32 .npy array: (shape, values in C order).
@@ -190,25 +286,117 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn images_decode_resize_and_refuse() {
-        let img = image::RgbImage::from_pixel(20, 10, image::Rgb([255, 0, 51]));
+    fn pre(size: u32) -> Preprocess {
+        Preprocess::of(&InputSpec::rgb_square(size))
+    }
+
+    const LIMITS: ImageLimits = ImageLimits {
+        max_side: 100,
+        max_pixels: 10_000,
+    };
+
+    fn png(img: &image::DynamicImage) -> Vec<u8> {
         let mut png = Vec::new();
         img.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
             .unwrap();
+        png
+    }
+
+    #[test]
+    fn images_decode_resize_and_refuse() {
+        let img = image::RgbImage::from_pixel(20, 10, image::Rgb([255, 0, 51]));
+        let png = png(&img.into());
         let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
-        let px = images(std::slice::from_ref(&b64), 4, 4, 100).unwrap();
+        let files = base64_files(std::slice::from_ref(&b64)).unwrap();
+        let px = files_to_pixels(&files, &pre(4), LIMITS, None).unwrap();
         assert_eq!(px.len(), 48);
         assert!((px[0] - 1.0).abs() < 1e-6 && px[16].abs() < 1e-6 && (px[32] - 0.2).abs() < 1e-6);
-        let e = images(&["!!!".into()], 4, 4, 100).unwrap_err();
+        let e = base64_files(&["!!!".into()]).unwrap_err();
         assert!(matches!(e, ServerError::BadBase64 { index: 0, .. }), "{e}");
-        let junk = base64::engine::general_purpose::STANDARD.encode(b"not an image at all");
-        let e = images(&[b64.clone(), junk], 4, 4, 100).unwrap_err();
+        let e = files_to_pixels(&[&png[..], b"not an image at all"], &pre(4), LIMITS, None)
+            .unwrap_err();
         assert!(matches!(e, ServerError::NotAnImage { index: 1, .. }), "{e}");
-        let e = images(&[b64], 4, 4, 16).unwrap_err();
+        let small = ImageLimits {
+            max_side: 16,
+            max_pixels: 10_000,
+        };
+        let e = files_to_pixels(&[&png], &pre(4), small, None).unwrap_err();
         assert!(
             matches!(e, ServerError::ImageTooLarge { index: 0, .. }),
             "{e}"
         );
+        let few = ImageLimits {
+            max_side: 100,
+            max_pixels: 199,
+        };
+        let e = files_to_pixels(&[&png], &pre(4), few, None).unwrap_err();
+        assert!(e.to_string().contains("200 pixels"), "{e}");
+        let past = Some(Instant::now());
+        let e = files_to_pixels(&[&png], &pre(4), LIMITS, past).unwrap_err();
+        assert!(matches!(e, ServerError::Timeout { .. }), "{e}");
+    }
+
+    /// A 16-bit RGBA PNG of 8192 x 8192 zeros is half a megabyte and decodes to 512 MiB:
+    /// it is refused from its header, in microseconds, without that allocation.
+    #[test]
+    fn a_decompression_bomb_is_refused_from_its_header() {
+        let side = 8192u32;
+        let mut bytes = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut bytes, side, side);
+            enc.set_color(png::ColorType::Rgba);
+            enc.set_depth(png::BitDepth::Sixteen);
+            enc.set_compression(png::Compression::High);
+            let mut w = enc.write_header().unwrap();
+            let mut stream = w.stream_writer().unwrap();
+            let row = vec![0u8; side as usize * 8];
+            for _ in 0..side {
+                std::io::Write::write_all(&mut stream, &row).unwrap();
+            }
+            stream.finish().unwrap();
+        }
+        assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
+        let limits = ImageLimits {
+            max_side: 8192,
+            max_pixels: 4096 * 4096,
+        };
+        let t = Instant::now();
+        let e = files_to_pixels(&[&bytes], &pre(8), limits, None).unwrap_err();
+        assert!(
+            matches!(e, ServerError::ImageTooLarge { index: 0, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("67108864 pixels"), "{e}");
+        assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
+    }
+
+    /// The manifest's preprocessing is what the decoder does: crop, filter, range.
+    #[test]
+    fn decoding_follows_the_manifest() {
+        // Left half black, right half white, 20 x 10.
+        let img =
+            image::RgbImage::from_fn(20, 10, |x, _| image::Rgb([if x < 10 { 0 } else { 255 }; 3]));
+        let bytes = png(&img.into());
+        let mut input = InputSpec::rgb_square(2);
+        input.resize.filter = "nearest".into();
+        let stretched = files_to_pixels(&[&bytes], &Preprocess::of(&input), LIMITS, None).unwrap();
+        assert_eq!(&stretched[..4], &[0.0, 1.0, 0.0, 1.0]);
+        input.resize.crop = true;
+        input.value_range = [-1.0, 1.0];
+        let cropped = files_to_pixels(&[&bytes], &Preprocess::of(&input), LIMITS, None).unwrap();
+        // The centred 10 x 10 square spans x 5..15: half black, half white.
+        assert_eq!(&cropped[..4], &[-1.0, 1.0, -1.0, 1.0]);
+    }
+
+    #[test]
+    fn non_finite_and_out_of_range_values_are_refused() {
+        assert!(check_values(&[0.0, 0.5, 1.0, 1.0005], [0.0, 1.0]).is_ok());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.1, -0.2, 255.0] {
+            let e = check_values(&[0.5, bad], [0.0, 1.0]).unwrap_err();
+            assert!(
+                matches!(e, ServerError::OutOfRange(_)) && e.to_string().contains("value 1"),
+                "{e}"
+            );
+        }
     }
 }

@@ -75,6 +75,34 @@ pub enum ServerError {
 
     #[error("route not found")]
     RouteNotFound,
+
+    #[error("method {method} is not allowed here (allowed: {allowed})")]
+    MethodNotAllowed {
+        method: String,
+        allowed: &'static str,
+    },
+
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout { ms: u64 },
+
+    /// Numbers a model cannot be given: NaN, infinities, values outside the manifest's
+    /// input range.
+    #[error("values out of range: {0}")]
+    OutOfRange(String),
+
+    #[error("bad header: {0}")]
+    BadHeader(String),
+
+    /// The server is holding as many request bodies in memory as it allows.
+    #[error("the server is busy receiving other requests: retry later")]
+    Busy,
+
+    #[error("{0}")]
+    Forbidden(String),
+
+    /// The repository folder cannot be read; the models served before still serve.
+    #[error("the model repository is unavailable: {0}")]
+    RepositoryUnavailable(String),
 }
 
 /// Seconds a client should wait after a 429 or 503.
@@ -89,16 +117,24 @@ impl ServerError {
             | BadMultipart(_)
             | BadBase64 { .. }
             | EmptyBatch
+            | BadHeader(_)
             | InvalidModelName(_) => StatusCode::BAD_REQUEST,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
             BatchTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            NotAnImage { .. } | ImageTooLarge { .. } | BadTensor(_) | Invalid(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
+            NotAnImage { .. }
+            | ImageTooLarge { .. }
+            | BadTensor(_)
+            | OutOfRange(_)
+            | Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Overloaded { .. } | Busy => StatusCode::TOO_MANY_REQUESTS,
+            Timeout { .. } | NotReady(_) | RepositoryUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
             }
-            Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Timeout { .. } | NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Contract(_) | Repository(_) | Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,6 +164,13 @@ impl ServerError {
             Unauthorized => "unauthorized",
             Inference(_) => "inference",
             RouteNotFound => "route_not_found",
+            MethodNotAllowed { .. } => "method_not_allowed",
+            BodyTimeout { .. } => "body_timeout",
+            OutOfRange(_) => "out_of_range",
+            BadHeader(_) => "bad_header",
+            Busy => "busy",
+            Forbidden(_) => "forbidden",
+            RepositoryUnavailable(_) => "repository_unavailable",
         }
     }
 
@@ -165,6 +208,16 @@ impl ServerError {
             Unauthorized,
             Inference("x".into()),
             RouteNotFound,
+            MethodNotAllowed {
+                method: "PUT".into(),
+                allowed: "GET",
+            },
+            BodyTimeout { ms: 1 },
+            OutOfRange("x".into()),
+            BadHeader("x".into()),
+            Busy,
+            Forbidden("x".into()),
+            RepositoryUnavailable("x".into()),
         ]
     }
 }
@@ -182,6 +235,17 @@ impl ResponseError for ServerError {
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ServerError::MethodNotAllowed { allowed, .. } = self {
+            resp.insert_header((header::ALLOW, *allowed));
+        }
+        if matches!(
+            self,
+            ServerError::BodyTimeout { .. } | ServerError::BodyTooLarge { .. }
+        ) {
+            // The rest of the body is not read: the connection cannot carry another
+            // request.
+            resp.force_close();
         }
         resp.json(serde_json::json!({
             "error": self.to_string(),
@@ -224,6 +288,13 @@ mod tests {
             ("unauthorized", 401),
             ("inference", 500),
             ("route_not_found", 404),
+            ("method_not_allowed", 405),
+            ("body_timeout", 408),
+            ("out_of_range", 422),
+            ("bad_header", 400),
+            ("busy", 429),
+            ("forbidden", 403),
+            ("repository_unavailable", 503),
         ];
         assert_eq!(got, want);
     }

@@ -1,29 +1,34 @@
-//! The inference layer, free of HTTP: a [`Model`] is a served model's manifest and a
-//! handle on its batcher thread. `predict` takes queue capacity from a semaphore (or
-//! answers 429 at once), splits the request into batch-sized entries, enqueues them
-//! and awaits their replies before the request's deadline.
+//! The inference layer, free of HTTP: a [`Model`] is a served model's manifest and the
+//! handle on its two threads (batcher, backend). A request is first admitted
+//! ([`Model::admit`]: the queue capacity for all its images, or 429 at once), so that
+//! nothing costly (decoding) happens for a request the queue has no room for; then
+//! [`Model::run`] splits it into batch-sized entries, enqueues them and awaits their
+//! replies before the request's deadline.
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use vcl_contract::manifest::Manifest;
 use vcl_contract::runtime::Provider;
 
-use crate::backend::{chw, Backend, Outputs};
+use crate::backend::{chw, spawn_worker, Backend, Outputs, WorkerConfig};
 use crate::batcher::{self, BatcherConfig, Entry, Readiness};
 use crate::config::Config;
+use crate::decode::Preprocess;
 use crate::error::ServerError;
 use crate::metrics as m;
 
 pub struct Model {
     pub manifest: Manifest,
     pub provider: Provider,
-    /// Every integer version folder found; the highest is served.
+    /// Every version folder found; the one served is `manifest.model.version`.
     pub versions: Vec<u32>,
     pub dir: PathBuf,
+    /// How the images of a request become input (from the manifest).
+    pub preprocess: Preprocess,
     tx: Sender<Entry>,
     permits: Arc<Semaphore>,
     ready: Arc<Readiness>,
@@ -39,38 +44,59 @@ pub struct Origin {
     pub dir: PathBuf,
 }
 
+/// Queue capacity held for one request's images, and its deadline.
+pub struct Admission {
+    n: usize,
+    permit: OwnedSemaphorePermit,
+    pub deadline: Instant,
+}
+
 impl Model {
-    /// Starts the model's batcher thread (which warms the backend up, then serves).
+    /// Starts the model's batcher and backend threads (the backend warms up first).
     pub fn spawn(
         manifest: Manifest,
         origin: Origin,
         backend: Box<dyn Backend>,
         cfg: &Config,
-    ) -> Self {
+    ) -> Result<Self, ServerError> {
         let (tx, rx) = std::sync::mpsc::channel();
+        let (to_backend, batches) = std::sync::mpsc::sync_channel(0);
         let ready = Arc::new(Readiness::default());
         let name = manifest.model.name.clone();
+        let thread_err = |e: std::io::Error| {
+            ServerError::Repository(format!("{name}: cannot start its threads: {e}"))
+        };
+        spawn_worker(
+            WorkerConfig {
+                model: name.clone(),
+                chw: chw(&manifest),
+                n_voxels: manifest.n_voxels(),
+                n_rois: manifest.rois.len(),
+            },
+            backend,
+            batches,
+            ready.clone(),
+        )
+        .map_err(thread_err)?;
         batcher::spawn(
             BatcherConfig {
                 model: name.clone(),
                 max_batch_size: cfg.max_batch_size,
                 max_queue_delay: cfg.queue_delay(),
-                chw: chw(&manifest),
                 timeout_ms: cfg.request_timeout_ms,
-                n_voxels: manifest.n_voxels(),
-                n_rois: manifest.rois.len(),
             },
-            backend,
             rx,
-            ready.clone(),
-        );
+            to_backend,
+        )
+        .map_err(thread_err)?;
         m::model_info(
             &name,
             manifest.model.version,
             provider_name(origin.provider),
         );
         m::queue_depth(&name, 0.0);
-        Model {
+        Ok(Model {
+            preprocess: Preprocess::of(&manifest.input),
             manifest,
             provider: origin.provider,
             versions: origin.versions,
@@ -81,11 +107,11 @@ impl Model {
             max_batch_size: cfg.max_batch_size,
             max_request_images: cfg.max_request_images,
             timeout: cfg.request_timeout(),
-        }
+        })
     }
 
-    /// Marks this version as no longer served in the metrics (its batcher stops by
-    /// itself once the last request holding it is done).
+    /// Marks this version as no longer served in the metrics (its threads stop by
+    /// themselves once the last request holding it is done).
     pub fn retire(&self) {
         m::model_retired(
             self.name(),
@@ -102,16 +128,21 @@ impl Model {
         self.ready.is_ready()
     }
 
+    /// Why the model is not serving, once it has failed.
+    pub fn failure(&self) -> Option<String> {
+        self.ready.failure()
+    }
+
     /// Blocks until the warm-up inference is done: Err when it failed or took longer
-    /// than `timeout` (a reload then keeps the version it was to replace).
+    /// than `timeout` (a reload then tries an older version, or keeps the one served).
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let until = Instant::now() + timeout;
         loop {
             if self.ready.is_ready() {
                 return Ok(());
             }
-            if self.ready.has_failed() {
-                return Err("its warm-up inference failed".into());
+            if let Some(why) = self.ready.failure() {
+                return Err(why);
             }
             if Instant::now() >= until {
                 return Err(format!("no warm-up within {} s", timeout.as_secs()));
@@ -139,9 +170,55 @@ impl Model {
         Ok(())
     }
 
-    /// Runs `n` images (`pixels` float32 [n, 3, H, W]) through the model's queue.
-    pub async fn predict(&self, n: usize, pixels: Vec<f32>) -> Result<Outputs, ServerError> {
+    /// A deadline `--request-timeout-ms` from now.
+    pub fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    pub fn timeout_error(&self) -> ServerError {
+        ServerError::Timeout {
+            ms: self.timeout.as_millis() as u64,
+        }
+    }
+
+    /// Takes the queue capacity of `n` images, all or none (429), before anything is
+    /// decoded.
+    pub fn admit(&self, n: usize, deadline: Instant) -> Result<Admission, ServerError> {
         self.check_count(n)?;
+        if !self.is_ready() {
+            return Err(ServerError::NotReady(self.name().to_string()));
+        }
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(n as u32)
+            .map_err(|_| ServerError::Overloaded {
+                model: self.name().to_string(),
+            })?;
+        Ok(Admission {
+            n,
+            permit,
+            deadline,
+        })
+    }
+
+    /// Admits and runs `n` images (`pixels` float32 [n, 3, H, W]) with a fresh deadline.
+    pub async fn predict(&self, n: usize, pixels: Vec<f32>) -> Result<Outputs, ServerError> {
+        let admission = self.admit(n, self.deadline())?;
+        self.run(admission, pixels).await
+    }
+
+    /// Runs an admitted request's pixels through the model's queue.
+    pub async fn run(
+        &self,
+        admission: Admission,
+        pixels: Vec<f32>,
+    ) -> Result<Outputs, ServerError> {
+        let Admission {
+            n,
+            permit,
+            deadline,
+        } = admission;
         let per: usize = self.chw().iter().product();
         if pixels.len() != n * per {
             return Err(ServerError::BadTensor(format!(
@@ -151,47 +228,39 @@ impl Model {
                 self.chw()[2]
             )));
         }
-        if !self.is_ready() {
-            return Err(ServerError::NotReady(self.name().to_string()));
-        }
-        let overloaded = || ServerError::Overloaded {
-            model: self.name().to_string(),
-        };
-        // All the request's capacity or none: no half-enqueued requests.
-        let permit = self
-            .permits
-            .clone()
-            .try_acquire_many_owned(n as u32)
-            .map_err(|_| overloaded())?;
         let enqueued = Instant::now();
-        let deadline = enqueued + self.timeout;
         let mut replies = Vec::new();
         let mut permit = Some(permit);
-        for (i, chunk) in pixels.chunks(self.max_batch_size * per).enumerate() {
+        let chunk_len = self.max_batch_size * per;
+        let chunks = pixels.len().div_ceil(chunk_len);
+        for (i, chunk) in pixels.chunks(chunk_len).enumerate() {
             let k = chunk.len() / per;
-            let p = permit.as_mut().expect("permit");
-            let part = if (i + 1) * self.max_batch_size * per >= pixels.len() {
-                permit.take().expect("permit")
+            let Some(held) = permit.as_mut() else { break };
+            // The last chunk takes what is left of the permit.
+            let part = if i + 1 == chunks {
+                permit.take()
             } else {
-                p.split(k).expect("enough permits")
+                held.split(k)
+            };
+            let Some(part) = part else {
+                return Err(ServerError::Inference("queue capacity accounting".into()));
             };
             let (reply, rx) = oneshot::channel();
             m::queue_depth(self.name(), k as f64);
-            self.tx
-                .send(Entry {
-                    n: k,
-                    pixels: chunk.to_vec(),
-                    enqueued,
-                    deadline,
-                    reply,
-                    permit: part,
-                })
-                .map_err(|_| ServerError::NotReady(self.name().to_string()))?;
+            let sent = self.tx.send(Entry {
+                n: k,
+                pixels: chunk.to_vec(),
+                enqueued,
+                deadline,
+                reply,
+                permit: part,
+            });
+            if sent.is_err() {
+                m::queue_depth(self.name(), -(k as f64));
+                return Err(ServerError::NotReady(self.name().to_string()));
+            }
             replies.push(rx);
         }
-        let timeout = || ServerError::Timeout {
-            ms: self.timeout.as_millis() as u64,
-        };
         let all = async {
             let mut out = Outputs {
                 voxels: Vec::with_capacity(n * self.manifest.n_voxels()),
@@ -200,7 +269,7 @@ impl Model {
             for rx in replies {
                 let part = rx
                     .await
-                    .map_err(|_| ServerError::Inference("the batcher stopped".into()))??;
+                    .map_err(|_| ServerError::NotReady(self.name().to_string()))??;
                 out.voxels.extend(part.voxels);
                 out.roi_means.extend(part.roi_means);
             }
@@ -208,7 +277,7 @@ impl Model {
         };
         tokio::time::timeout_at(deadline.into(), all)
             .await
-            .map_err(|_| timeout())?
+            .map_err(|_| self.timeout_error())?
     }
 }
 

@@ -1,8 +1,11 @@
 //! vcl-serve: serves voxel predictions of the encoders that `vcl export` writes into a
 //! model repository (`exports/<model>/<version>/model.onnx` + `manifest.json`).
 //!
-//! Layers: [`http`] (actix handlers) -> [`infer`] (permits, chunks, deadline) ->
-//! [`batcher`] (one thread per model, owning its [`backend`]) -> ONNX Runtime.
+//! Layers: [`http`] (actix handlers; [`decode`] of untrusted bytes) -> [`infer`]
+//! (admission, chunks, deadline) -> [`batcher`] (a thread per model assembling
+//! batches) -> [`backend`] (a thread per model owning its session) -> ONNX Runtime.
+//! [`repository`] decides what is served; [`testing`] (feature `testing`) holds the
+//! fake backend the tests use.
 
 pub mod backend;
 pub mod batcher;
@@ -15,6 +18,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod rank;
 pub mod repository;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 /// The runtime lives in the contract crate: `vcl export` runs every model it writes

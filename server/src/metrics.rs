@@ -1,5 +1,9 @@
 //! Metric names and the calls that record them, through the `metrics` facade: each is
 //! recorded where its fact is known; only `main` (or a test) installs an exporter.
+//!
+//! Every label takes values from a bounded set, never from what a client sends: model
+//! names are those of models the repository served ([`UNKNOWN_MODEL`] for any other
+//! name a URL holds), routes and reasons are constants, statuses the server's own.
 
 use std::time::Duration;
 
@@ -15,6 +19,11 @@ pub const IMAGES: &str = "vcl_images_total";
 pub const DROPPED: &str = "vcl_dropped_total";
 pub const MODEL_INFO: &str = "vcl_model_info";
 pub const RELOADS: &str = "vcl_repository_reloads_total";
+pub const BACKEND_FAILURES: &str = "vcl_backend_failures_total";
+
+/// The model label of requests whose URL names no served model (no folder name can
+/// start with a dot, so no model has it).
+pub const UNKNOWN_MODEL: &str = ".unknown";
 
 /// Describes every metric (call once, after installing a recorder).
 pub fn describe() {
@@ -42,6 +51,10 @@ pub fn describe() {
         "1 per served model version, with provider; 0 once a reload replaced it"
     );
     metrics::describe_counter!(RELOADS, "repository reloads by result (ok, failed)");
+    metrics::describe_counter!(
+        BACKEND_FAILURES,
+        "backends taken for broken (panic, errors): the model is marked failed and reopened"
+    );
 }
 
 /// Histogram buckets for the exporter: seconds and batch sizes.
@@ -104,4 +117,8 @@ pub fn model_retired(model: &str, version: u32, provider: &str) {
 
 pub fn reload(result: &'static str) {
     counter!(RELOADS, "result" => result).increment(1);
+}
+
+pub fn backend_failure(model: &str, why: &'static str) {
+    counter!(BACKEND_FAILURES, "model" => model.to_string(), "reason" => why).increment(1);
 }

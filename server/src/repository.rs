@@ -1,19 +1,23 @@
-//! The model repository: `<root>/<model>/<version>/{model.onnx, manifest.json}`.
-//! Every model is loaded at start: integer version folders only (`.partial-*` and
-//! anything else skipped), the highest served; its manifest is loaded (checksum
-//! included), its session opened and checked against the manifest. A model that fails
-//! any step is refused with an error log naming why, and the others serve.
+//! The served model repository, on the contract's rules
+//! ([`vcl_contract::repository`]: what a model folder and a version folder are).
+//! Start-up and reload are one procedure ([`Repository::reload`], from an empty
+//! repository at start-up): for every model folder the newest version that loads and
+//! warms up is served; a version that fails is logged, listed in
+//! [`Repository::failed`] (and so in /readyz), and the next older one is tried; a
+//! version already serving is kept without reopening, unless its backend has failed.
 //!
 //! [`Live`] holds the served [`Repository`] and swaps it whole on reload (SIGHUP, a
-//! poll, or `POST /v1/repository/reload`): a new version is loaded and warmed up beside
-//! the one serving, then every model changes at once; requests already running finish
-//! on the snapshot they took. A version that fails to load leaves the old one serving.
+//! poll, `POST /v1/repository/reload`, or a failed backend): new versions are loaded
+//! and warmed up beside the ones serving, then every model changes at once; requests
+//! already running finish on the snapshot they took.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use vcl_contract::manifest::Manifest;
+use vcl_contract::repository::{self as contract_repo, ModelFolder};
 use vcl_contract::runtime::{self, Provider, Runtime};
 
 use crate::backend::{self, Backend};
@@ -22,56 +26,19 @@ use crate::error::ServerError;
 use crate::infer::{provider_name, Model, Origin};
 use crate::metrics as m;
 
-/// The served models by name.
+/// The served models by name, and the model folders whose newest versions failed.
 #[derive(Default)]
 pub struct Repository {
     pub models: BTreeMap<String, Arc<Model>>,
+    /// Model name -> why its newer versions (all of them, when the name is not in
+    /// `models`) are not served.
+    pub failed: BTreeMap<String, String>,
 }
 
-/// A model folder and its version folders, highest last.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
-    pub name: String,
-    pub versions: Vec<u32>,
-}
-
-impl Candidate {
-    pub fn dir(&self, root: &Path) -> PathBuf {
-        root.join(&self.name).join(self.latest().to_string())
-    }
-}
-
-/// Model folders under `root` with at least one integer version folder, by name.
-pub fn scan(root: &Path) -> Result<Vec<Candidate>, ServerError> {
-    let entries = std::fs::read_dir(root).map_err(|e| {
-        ServerError::Repository(format!(
-            "cannot read model repository {}: {e}",
-            root.display()
-        ))
-    })?;
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !e.path().is_dir() {
-            continue;
-        }
-        let mut versions: Vec<u32> = std::fs::read_dir(e.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|v| v.path().is_dir())
-            .filter_map(|v| v.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|v| *v > 0)
-            .collect();
-        versions.sort_unstable();
-        if versions.is_empty() {
-            tracing::warn!(model = %name, "no integer version folder: skipped");
-            continue;
-        }
-        out.push(Candidate { name, versions });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+/// Model folders under `root` with at least one version, by name; an unreadable root
+/// is 503 (the models served before still serve).
+pub fn scan(root: &Path) -> Result<Vec<ModelFolder>, ServerError> {
+    contract_repo::scan(root).map_err(|e| ServerError::RepositoryUnavailable(e.to_string()))
 }
 
 /// Turns a version folder and its loaded manifest into a backend (ONNX Runtime in the
@@ -86,11 +53,11 @@ pub struct ReloadReport {
     pub added: Vec<String>,
     /// `name: old -> new` version changes.
     pub updated: Vec<String>,
-    /// Served before, gone from the repository now.
+    /// Served before, nothing served now (gone from disk, or no version loads).
     pub removed: Vec<String>,
     /// Same version as before, not reopened.
     pub kept: Vec<String>,
-    /// `name: why`; an old version of it, if any, still serves.
+    /// `name: why` per version refused; an older version, if any, serves.
     pub failed: Vec<String>,
 }
 
@@ -100,46 +67,44 @@ impl ReloadReport {
     }
 }
 
-impl Candidate {
-    pub fn latest(&self) -> u32 {
-        *self.versions.last().expect("a candidate has versions")
-    }
-}
-
 impl Repository {
     pub fn get(&self, name: &str) -> Option<&Arc<Model>> {
         self.models.get(name)
     }
 
-    /// Every model ready (warmed up), and at least one.
+    /// Every served model ready (warmed up, not failed), and at least one.
     pub fn all_ready(&self) -> bool {
         !self.models.is_empty() && self.models.values().all(|m| m.is_ready())
     }
 
-    /// Loads every model under `cfg.model_repository` with `open`; refused models are
-    /// logged and left out. Models warm up in the background (see `/readyz`).
+    /// Model folders with nothing served at all (every version failed).
+    pub fn unserved(&self) -> Vec<&str> {
+        self.failed
+            .keys()
+            .filter(|k| !self.models.contains_key(*k))
+            .map(String::as_str)
+            .collect()
+    }
+
+    /// Whether the server is ready: every served model ready and, when `strict`, no
+    /// model folder left without a version that serves.
+    pub fn ready(&self, strict: bool) -> bool {
+        self.all_ready() && (!strict || self.unserved().is_empty())
+    }
+
+    /// Loads every model under `cfg.model_repository` with `open` (blocking: each
+    /// warms up first): what a reload does, from nothing.
     pub fn load(cfg: &Config, open: &Opener) -> Result<Self, ServerError> {
-        let root = &cfg.model_repository;
-        let mut repo = Repository::default();
-        for c in scan(root)? {
-            match spawn_candidate(&c, root, cfg, open) {
-                Ok(model) => {
-                    repo.models.insert(c.name.clone(), Arc::new(model));
-                }
-                Err(e) => {
-                    tracing::error!(model = %c.name, dir = %c.dir(root).display(), error = %e, "model REFUSED, not served")
-                }
-            }
-        }
+        let (repo, _) = Repository::default().reload(cfg, open)?;
         if repo.models.is_empty() {
-            tracing::warn!(repository = %root.display(), "no model to serve");
+            tracing::warn!(repository = %cfg.model_repository.display(), "no model to serve");
         }
         Ok(repo)
     }
 
-    /// The repository as it is on disk now, built from this one: models whose served
-    /// version is unchanged are shared, not reopened; new versions are opened and
-    /// warmed up (blocking) before they enter; one that fails keeps its old version.
+    /// The repository as it is on disk now, built from this one: for each model folder
+    /// the newest version that loads; one already serving (and not failed) is shared,
+    /// not reopened; versions that fail are reported and skipped.
     pub fn reload(
         &self,
         cfg: &Config,
@@ -148,43 +113,50 @@ impl Repository {
         let root = &cfg.model_repository;
         let mut next = Repository::default();
         let mut report = ReloadReport::default();
-        let warmup = cfg
-            .request_timeout()
-            .max(std::time::Duration::from_secs(60));
-        for c in scan(root)? {
-            let old = self.models.get(&c.name);
-            if let Some(m) = old.filter(|m| m.manifest.model.version == c.latest()) {
-                next.models.insert(c.name.clone(), m.clone());
-                report.kept.push(c.name.clone());
-                continue;
-            }
-            let fresh = spawn_candidate(&c, root, cfg, open).and_then(|m| {
-                m.wait_ready(warmup).map_err(|e| {
-                    ServerError::Repository(format!("{}: {e}", c.dir(root).display()))
-                })?;
-                Ok(m)
-            });
-            match (fresh, old) {
-                (Ok(m), None) => {
-                    report.added.push(c.name.clone());
-                    next.models.insert(c.name.clone(), Arc::new(m));
+        let warmup = cfg.request_timeout().max(Duration::from_secs(60));
+        for folder in scan(root)? {
+            let name = folder.name.clone();
+            let healthy = self.models.get(&name).filter(|m| m.failure().is_none());
+            let mut errors = Vec::new();
+            let mut chosen: Option<(Arc<Model>, bool)> = None;
+            for &v in folder.versions.iter().rev() {
+                if let Some(o) = healthy.filter(|o| o.manifest.model.version == v) {
+                    chosen = Some((o.clone(), false));
+                    break;
                 }
-                (Ok(m), Some(o)) => {
-                    report.updated.push(format!(
-                        "{}: {} -> {}",
-                        c.name, o.manifest.model.version, m.manifest.model.version
-                    ));
-                    next.models.insert(c.name.clone(), Arc::new(m));
-                }
-                (Err(e), old) => {
-                    tracing::error!(model = %c.name, dir = %c.dir(root).display(), error = %e,
-                        serving = old.map(|o| o.manifest.model.version),
-                        "new version REFUSED");
-                    report.failed.push(format!("{}: {e}", c.name));
-                    if let Some(o) = old {
-                        next.models.insert(c.name.clone(), o.clone());
+                match spawn_version(&folder, v, cfg, open, warmup) {
+                    Ok(m) => {
+                        chosen = Some((Arc::new(m), true));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %name, version = v, error = %e, "version REFUSED");
+                        errors.push(format!("version {v}: {e}"));
                     }
                 }
+            }
+            if !errors.is_empty() {
+                let why = errors.join("; ");
+                report.failed.push(format!("{name}: {why}"));
+                next.failed.insert(name.clone(), why);
+            }
+            match (chosen, self.models.get(&name)) {
+                (Some((m, false)), _) => {
+                    report.kept.push(name.clone());
+                    next.models.insert(name, m);
+                }
+                (Some((m, true)), None) => {
+                    report.added.push(name.clone());
+                    next.models.insert(name, m);
+                }
+                (Some((m, true)), Some(o)) => {
+                    report.updated.push(format!(
+                        "{name}: {} -> {}",
+                        o.manifest.model.version, m.manifest.model.version
+                    ));
+                    next.models.insert(name, m);
+                }
+                (None, _) => {}
             }
         }
         for name in self.models.keys() {
@@ -194,6 +166,48 @@ impl Repository {
         }
         Ok((next, report))
     }
+}
+
+/// Opens version `v` of a model folder, starts its threads and waits for its warm-up.
+fn spawn_version(
+    folder: &ModelFolder,
+    v: u32,
+    cfg: &Config,
+    open: &Opener,
+    warmup: Duration,
+) -> Result<Model, ServerError> {
+    let dir = folder.version_dir(&cfg.model_repository, v);
+    let manifest = Manifest::load(&dir)?;
+    if manifest.model.name != folder.name || manifest.model.version != v {
+        return Err(ServerError::Repository(format!(
+            "{}: the manifest names {} version {}, but the folder is {}/{v}",
+            dir.display(),
+            manifest.model.name,
+            manifest.model.version,
+            folder.name,
+        )));
+    }
+    let (backend, provider) = open(&dir, &manifest)?;
+    tracing::info!(
+        model = %folder.name,
+        version = v,
+        provider = provider_name(provider),
+        rois = manifest.rois.len(),
+        voxels = manifest.n_voxels(),
+        input = format!("{}x{}", manifest.input.height, manifest.input.width),
+        dir = %dir.display(),
+        "model loaded"
+    );
+    let origin = Origin {
+        provider,
+        versions: folder.versions.clone(),
+        dir: dir.clone(),
+    };
+    let model = Model::spawn(manifest, origin, backend, cfg)?;
+    model
+        .wait_ready(warmup)
+        .map_err(|e| ServerError::Repository(format!("{}: {e}", dir.display())))?;
+    Ok(model)
 }
 
 /// Opens version folders with ONNX Runtime on `cfg.device`; intra-op threads from
@@ -255,17 +269,17 @@ impl Live {
             .unwrap_or_else(PoisonError::into_inner);
         let t = std::time::Instant::now();
         let current = self.snapshot();
-        let (next, report) = current.reload(&self.cfg, &*self.open)?;
-        for name in &report.removed {
-            if let Some(m) = current.get(name) {
-                m.retire();
+        let result = current.reload(&self.cfg, &*self.open);
+        let (next, report) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                m::reload("failed");
+                return Err(e);
             }
-        }
+        };
         for (name, m) in &current.models {
-            let replaced = next
-                .get(name)
-                .is_some_and(|n| n.manifest.model.version != m.manifest.model.version);
-            if replaced {
+            let same = next.get(name).is_some_and(|n| Arc::ptr_eq(n, m));
+            if !same {
                 m.retire();
             }
         }
@@ -289,14 +303,27 @@ impl Live {
 
     /// The (name, versions) of every model folder: what a poll compares between scans
     /// so that it reloads only when the repository changed.
-    pub fn fingerprint(&self) -> Result<Vec<Candidate>, ServerError> {
+    pub fn fingerprint(&self) -> Result<Vec<ModelFolder>, ServerError> {
         scan(&self.cfg.model_repository)
+    }
+
+    /// Whether a served model's backend has failed (a reload reopens it).
+    pub fn has_failed_model(&self) -> bool {
+        self.snapshot()
+            .models
+            .values()
+            .any(|m| m.failure().is_some())
     }
 }
 
-/// Reloads `live` on SIGHUP, and every `poll` when the repository's folders changed
-/// since the last scan; runs until the process ends.
-pub async fn watch(live: Arc<Live>, poll: Option<std::time::Duration>) {
+/// How often the watcher looks for failed backends to reopen.
+pub const FAILURE_CHECK: Duration = Duration::from_secs(5);
+
+/// Reloads `live` on SIGHUP, every `poll` when the repository's folders changed since
+/// the last scan, and every [`FAILURE_CHECK`] when a served model's backend has failed
+/// (so that a broken backend is reopened, not left failing); runs until the process
+/// ends.
+pub async fn watch(live: Arc<Live>, poll: Option<Duration>) {
     #[cfg(unix)]
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -306,6 +333,7 @@ pub async fn watch(live: Arc<Live>, poll: Option<std::time::Duration>) {
         }
     };
     let mut last = live.fingerprint().ok();
+    let mut last_poll = std::time::Instant::now();
     loop {
         let hangup = async {
             #[cfg(unix)]
@@ -315,24 +343,26 @@ pub async fn watch(live: Arc<Live>, poll: Option<std::time::Duration>) {
             }
             std::future::pending::<()>().await
         };
-        let tick = async {
-            match poll {
-                Some(p) => tokio::time::sleep(p).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
+        let tick = poll.map_or(FAILURE_CHECK, |p| p.min(FAILURE_CHECK));
         let by_signal = tokio::select! {
             _ = hangup => true,
-            _ = tick => false,
+            _ = tokio::time::sleep(tick) => false,
         };
-        let now = live.fingerprint().ok();
-        if !by_signal && now == last {
+        let trigger = if by_signal {
+            "SIGHUP"
+        } else if live.has_failed_model() {
+            "failed backend"
+        } else if poll.is_some_and(|p| last_poll.elapsed() >= p) {
+            last_poll = std::time::Instant::now();
+            let now = live.fingerprint().ok();
+            if now == last {
+                continue;
+            }
+            "poll"
+        } else {
             continue;
-        }
-        tracing::info!(
-            trigger = if by_signal { "SIGHUP" } else { "poll" },
-            "reloading the model repository"
-        );
+        };
+        tracing::info!(trigger, "reloading the model repository");
         let l = live.clone();
         match tokio::task::spawn_blocking(move || l.reload()).await {
             Ok(Ok(_)) => {}
@@ -341,56 +371,8 @@ pub async fn watch(live: Arc<Live>, poll: Option<std::time::Duration>) {
             }
             Err(e) => tracing::error!(error = %e, "reload thread failed"),
         }
-        last = now;
+        last = live.fingerprint().ok();
     }
-}
-
-/// Opens a candidate's latest version and starts its batcher (warm-up in background).
-fn spawn_candidate(
-    c: &Candidate,
-    root: &Path,
-    cfg: &Config,
-    open: &Opener,
-) -> Result<Model, ServerError> {
-    let dir = c.dir(root);
-    let (manifest, backend, provider) = load_one(c, &dir, open)?;
-    tracing::info!(
-        model = %c.name,
-        version = manifest.model.version,
-        provider = provider_name(provider),
-        rois = manifest.rois.len(),
-        voxels = manifest.n_voxels(),
-        input = format!("{}x{}", manifest.input.height, manifest.input.width),
-        dir = %dir.display(),
-        "model loaded"
-    );
-    let origin = Origin {
-        provider,
-        versions: c.versions.clone(),
-        dir,
-    };
-    Ok(Model::spawn(manifest, origin, backend, cfg))
-}
-
-fn load_one(
-    c: &Candidate,
-    dir: &Path,
-    open: &Opener,
-) -> Result<(Manifest, Box<dyn Backend>, Provider), ServerError> {
-    let manifest = Manifest::load(dir)?;
-    let version = c.latest();
-    if manifest.model.name != c.name || manifest.model.version != version {
-        return Err(ServerError::Repository(format!(
-            "{}: the manifest names {} version {}, but the folder is {}/{}",
-            dir.display(),
-            manifest.model.name,
-            manifest.model.version,
-            c.name,
-            version
-        )));
-    }
-    let (backend, provider) = open(dir, &manifest)?;
-    Ok((manifest, backend, provider))
 }
 
 /// The ONNX Runtime library `cfg` names, or the default one.

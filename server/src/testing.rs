@@ -1,7 +1,99 @@
-//! Test helpers: a small valid manifest, and model repositories on disk served by
-//! [`crate::backend::FakeBackend`]s.
+//! Test helpers (the `testing` feature, off in the server binary): a backend that
+//! computes something simple and known ([`FakeBackend`]), a small valid manifest, and
+//! model repositories on disk served by fakes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vcl_contract::manifest::*;
+
+use crate::backend::{chw, Backend, BackendError, Outputs};
+
+/// For tests: voxel j of an image is the mean of its channel j % 3 plus j / 1000; an
+/// ROI's mean is its voxels' mean. Records each batch's size; can sleep or fail.
+pub struct FakeBackend {
+    pub chw: [usize; 3],
+    pub slices: Vec<VoxelSlice>,
+    pub delay: Duration,
+    pub fail: bool,
+    /// Panics on the batch after this many (warm-up included): a broken backend.
+    pub panic_after: Option<usize>,
+    /// Returns one voxel value too few: a backend that lies about its output.
+    pub short_output: bool,
+    pub batches: Arc<Mutex<Vec<usize>>>,
+}
+
+impl FakeBackend {
+    pub fn new(manifest: &Manifest) -> Self {
+        FakeBackend {
+            chw: chw(manifest),
+            slices: manifest.rois.iter().map(|r| r.slice).collect(),
+            delay: Duration::ZERO,
+            fail: false,
+            panic_after: None,
+            short_output: false,
+            batches: Arc::default(),
+        }
+    }
+
+    /// What the fake predicts for one image ([3, H, W]): (voxels, roi_means).
+    pub fn expected(&self, image: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let plane = self.chw[1] * self.chw[2];
+        let means: Vec<f32> = (0..3)
+            .map(|c| image[c * plane..(c + 1) * plane].iter().sum::<f32>() / plane as f32)
+            .collect();
+        let v = self.slices.last().map(|s| s.end).unwrap_or(0);
+        let voxels: Vec<f32> = (0..v).map(|j| means[j % 3] + j as f32 / 1000.0).collect();
+        let rois = self
+            .slices
+            .iter()
+            .map(|s| voxels[s.start..s.end].iter().sum::<f32>() / s.len() as f32)
+            .collect();
+        (voxels, rois)
+    }
+}
+
+impl Backend for FakeBackend {
+    fn predict(&mut self, n: usize, pixels: Vec<f32>) -> Result<Outputs, BackendError> {
+        let seen = {
+            let mut b = self
+                .batches
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            b.push(n);
+            b.len()
+        };
+        if self.panic_after.is_some_and(|k| seen > k) {
+            panic!("the fake backend was told to panic");
+        }
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+        if self.fail {
+            return Err(BackendError("the fake backend was told to fail".into()));
+        }
+        let per = self.chw.iter().product::<usize>();
+        if pixels.len() != n * per {
+            return Err(BackendError(format!(
+                "{} values for {n} images of {per}",
+                pixels.len()
+            )));
+        }
+        let mut out = Outputs {
+            voxels: Vec::new(),
+            roi_means: Vec::new(),
+        };
+        for img in pixels.chunks(per) {
+            let (v, r) = self.expected(img);
+            out.voxels.extend(v);
+            out.roi_means.extend(r);
+        }
+        if self.short_output {
+            out.voxels.pop();
+        }
+        Ok(out)
+    }
+}
 
 /// A manifest of a model `name` with `size` px input and ROIs of the given names and
 /// voxel counts, in order.
@@ -111,7 +203,7 @@ pub fn write_version(
 
 /// Opens version folders as [`FakeBackend`]s. The stand-in `model.onnx` steers it:
 /// `corrupt` fails to open, `fail` opens but fails every inference (its warm-up too),
-/// anything else serves.
+/// `panic` warms up and then panics on its first batch, anything else serves.
 pub fn fake_opener() -> std::sync::Arc<crate::repository::Opener> {
     std::sync::Arc::new(|dir: &std::path::Path, manifest: &Manifest| {
         let bytes = std::fs::read(dir.join(MODEL_FILE))
@@ -122,10 +214,13 @@ pub fn fake_opener() -> std::sync::Arc<crate::repository::Opener> {
                 dir.display()
             )));
         }
-        let mut fake = crate::backend::FakeBackend::new(manifest);
+        let mut fake = FakeBackend::new(manifest);
         fake.fail = bytes.starts_with(b"fail");
+        if bytes.starts_with(b"panic") {
+            fake.panic_after = Some(1);
+        }
         Ok((
-            Box::new(fake) as Box<dyn crate::backend::Backend>,
+            Box::new(fake) as Box<dyn Backend>,
             vcl_contract::runtime::Provider::Cpu,
         ))
     })

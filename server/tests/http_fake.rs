@@ -10,12 +10,12 @@ use actix_web::http::StatusCode;
 use actix_web::{test, web, App};
 use base64::Engine;
 use serde_json::{json, Value};
-use vcl_server::backend::FakeBackend;
 use vcl_server::decode;
 use vcl_server::http::{configure, AppState};
 use vcl_server::infer::{Model, Origin};
 use vcl_server::repository::{Live, Repository};
 use vcl_server::runtime::Provider;
+use vcl_server::testing::FakeBackend;
 use vcl_server::{testing, Config};
 
 const SIZE: u32 = 8;
@@ -51,7 +51,7 @@ fn fixture(cfg: Config, tweak: impl FnOnce(&mut FakeBackend)) -> Fixture {
         versions: vec![1],
         dir: "/nowhere".into(),
     };
-    let model = Model::spawn(manifest, origin, Box::new(fake), &cfg);
+    let model = Model::spawn(manifest, origin, Box::new(fake), &cfg).unwrap();
     let mut repo = Repository::default();
     repo.models.insert("fake-model".into(), Arc::new(model));
     for _ in 0..200 {
@@ -62,11 +62,11 @@ fn fixture(cfg: Config, tweak: impl FnOnce(&mut FakeBackend)) -> Fixture {
     }
     assert!(repo.all_ready());
     Fixture {
-        state: web::Data::new(AppState {
-            live: Arc::new(Live::new(repo, cfg.clone(), testing::fake_opener())),
-            cfg: Arc::new(cfg),
-            render_metrics: Arc::new(|| handle.render()),
-        }),
+        state: web::Data::new(AppState::new(
+            Arc::new(Live::new(repo, cfg.clone(), testing::fake_opener())),
+            Arc::new(cfg),
+            Arc::new(|| handle.render()),
+        )),
         batches,
         fake: expect,
     }
@@ -379,7 +379,7 @@ async fn backend_failure_is_500() {
         versions: vec![1],
         dir: "/x".into(),
     };
-    let model = Model::spawn(manifest, origin, Box::new(fake), &Config::defaults());
+    let model = Model::spawn(manifest, origin, Box::new(fake), &Config::defaults()).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let e = model.predict(1, vec![0.0; 192]).await.unwrap_err();
     assert_eq!(e.status(), 503, "{e}");
@@ -763,11 +763,11 @@ async fn reload_swaps_new_versions_whole_and_keeps_old_ones_on_failure() {
     let mut cfg = Config::defaults();
     cfg.model_repository = root.to_path_buf();
     let live = Arc::new(Live::load(&cfg, testing::fake_opener()).unwrap());
-    let state = web::Data::new(AppState {
-        live: live.clone(),
-        cfg: Arc::new(cfg),
-        render_metrics: Arc::new(|| handle.render()),
-    });
+    let state = web::Data::new(AppState::new(
+        live.clone(),
+        Arc::new(cfg),
+        Arc::new(|| handle.render()),
+    ));
     let app = test::init_service(App::new().configure(configure(state))).await;
     for _ in 0..400 {
         if live.snapshot().all_ready() {
@@ -789,7 +789,11 @@ async fn reload_swaps_new_versions_whole_and_keeps_old_ones_on_failure() {
     assert_eq!(s, 200, "{report}");
     assert_eq!(report["added"], json!(["c"]), "{report}");
     assert_eq!(report["updated"], json!(["a: 1 -> 2"]), "{report}");
-    assert_eq!(report["kept"], json!([]), "{report}");
+    assert_eq!(
+        report["kept"],
+        json!(["b"]),
+        "b's version 1 serves on: {report}"
+    );
     let failed = report["failed"].as_array().unwrap();
     assert_eq!(failed.len(), 2, "{report}");
     assert!(
@@ -810,12 +814,26 @@ async fn reload_swaps_new_versions_whole_and_keeps_old_ones_on_failure() {
     // Whoever held the old snapshot (a request in flight) still has version 1 whole.
     assert_eq!(old.get("a").unwrap().manifest.model.version, 1);
     assert!(old.get("c").is_none());
-    let (s, _) = send!(&app, test::TestRequest::get().uri("/readyz"));
-    assert_eq!(s, 200);
+    // Readiness names what failed; d serves nothing, so (strict) the server is not ready.
+    let (s, ready) = send!(&app, test::TestRequest::get().uri("/readyz"));
+    assert_eq!(s, 503, "{ready}");
+    assert_eq!(ready["unserved"], json!(["d"]), "{ready}");
+    assert!(
+        ready["failed"]["b"].as_str().unwrap().contains("version 2"),
+        "{ready}"
+    );
+    assert!(
+        ready["failed"]["d"].as_str().unwrap().contains("version 1"),
+        "{ready}"
+    );
+    assert_eq!(ready["models"]["b"], true, "{ready}");
+    std::fs::remove_dir_all(root.join("d")).unwrap();
 
     // Nothing changed: everything kept, nothing reopened. Then a model removed.
     let again = live.reload().unwrap();
-    assert_eq!(again.kept, ["a", "c"], "{again:?}");
+    assert_eq!(again.kept, ["a", "b", "c"], "{again:?}");
+    let (s, ready) = send!(&app, test::TestRequest::get().uri("/readyz"));
+    assert_eq!(s, 200, "b serves its older version: {ready}");
     assert!(!again.changed());
     std::fs::remove_dir_all(root.join("c")).unwrap();
     let gone = live.reload().unwrap();
@@ -851,11 +869,7 @@ async fn predictions_keep_flowing_while_a_reload_swaps_versions() {
     let mut cfg = Config::defaults();
     cfg.model_repository = root.to_path_buf();
     let live = Arc::new(Live::load(&cfg, testing::fake_opener()).unwrap());
-    let state = AppState {
-        live: live.clone(),
-        cfg: Arc::new(cfg),
-        render_metrics: Arc::new(|| handle.render()),
-    };
+    let state = AppState::new(live.clone(), Arc::new(cfg), Arc::new(|| handle.render()));
     let (addr, server) = vcl_server::http::start_background(state, "127.0.0.1", 0).unwrap();
     for _ in 0..400 {
         if live.snapshot().all_ready() {
