@@ -190,9 +190,17 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
     cfg.device = DeviceChoice::Cpu;
     cfg.max_queue_delay_ms = 20;
     cfg.intra_threads = 2;
+    // The corrupt model is refused and listed; the others serve and the server is
+    // ready (strict readiness would answer 503 while a model folder serves nothing).
+    cfg.strict_readiness = false;
     let rt = repository::runtime(&cfg).unwrap();
     let live = Live::load(&cfg, repository::ort_opener(&cfg, rt).unwrap()).unwrap();
     let loaded = live.snapshot();
+    assert!(
+        loaded.failed["corrupt-model"].contains("SHA-256"),
+        "{:?}",
+        loaded.failed
+    );
     let names: Vec<&String> = loaded.models.keys().collect();
     assert_eq!(
         names,

@@ -340,21 +340,7 @@ mod tests {
     /// it is refused from its header, in microseconds, without that allocation.
     #[test]
     fn a_decompression_bomb_is_refused_from_its_header() {
-        let side = 8192u32;
-        let mut bytes = Vec::new();
-        {
-            let mut enc = png::Encoder::new(&mut bytes, side, side);
-            enc.set_color(png::ColorType::Rgba);
-            enc.set_depth(png::BitDepth::Sixteen);
-            enc.set_compression(png::Compression::High);
-            let mut w = enc.write_header().unwrap();
-            let mut stream = w.stream_writer().unwrap();
-            let row = vec![0u8; side as usize * 8];
-            for _ in 0..side {
-                std::io::Write::write_all(&mut stream, &row).unwrap();
-            }
-            stream.finish().unwrap();
-        }
+        let bytes = crate::testing::png_bomb(8192);
         assert!(bytes.len() < 2 << 20, "{} bytes", bytes.len());
         let limits = ImageLimits {
             max_side: 8192,

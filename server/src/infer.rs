@@ -120,6 +120,15 @@ impl Model {
         );
     }
 
+    /// Marks this version as served in the metrics.
+    pub fn announce(&self) {
+        m::model_info(
+            self.name(),
+            self.manifest.model.version,
+            provider_name(self.provider),
+        );
+    }
+
     pub fn name(&self) -> &str {
         &self.manifest.model.name
     }

@@ -57,6 +57,8 @@ pub struct ReloadReport {
     pub removed: Vec<String>,
     /// Same version as before, not reopened.
     pub kept: Vec<String>,
+    /// Same version as before, reopened because its backend had failed.
+    pub reopened: Vec<String>,
     /// `name: why` per version refused; an older version, if any, serves.
     pub failed: Vec<String>,
 }
@@ -147,6 +149,12 @@ impl Repository {
                 }
                 (Some((m, true)), None) => {
                     report.added.push(name.clone());
+                    next.models.insert(name, m);
+                }
+                (Some((m, true)), Some(o))
+                    if o.manifest.model.version == m.manifest.model.version =>
+                {
+                    report.reopened.push(name.clone());
                     next.models.insert(name, m);
                 }
                 (Some((m, true)), Some(o)) => {
@@ -283,6 +291,10 @@ impl Live {
                 m.retire();
             }
         }
+        // A reopened version shares its retired instance's labels: served again.
+        for m in next.models.values() {
+            m.announce();
+        }
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
         m::reload(if report.failed.is_empty() {
             "ok"
@@ -295,6 +307,7 @@ impl Live {
             updated = ?report.updated,
             removed = ?report.removed,
             failed = ?report.failed,
+            reopened = ?report.reopened,
             kept = report.kept.len(),
             "repository reloaded"
         );

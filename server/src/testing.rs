@@ -20,6 +20,8 @@ pub struct FakeBackend {
     pub panic_after: Option<usize>,
     /// Returns one voxel value too few: a backend that lies about its output.
     pub short_output: bool,
+    /// Fails every batch after this many (warm-up included): a session gone bad.
+    pub fail_after: Option<usize>,
     pub batches: Arc<Mutex<Vec<usize>>>,
 }
 
@@ -32,6 +34,7 @@ impl FakeBackend {
             fail: false,
             panic_after: None,
             short_output: false,
+            fail_after: None,
             batches: Arc::default(),
         }
     }
@@ -69,7 +72,7 @@ impl Backend for FakeBackend {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
-        if self.fail {
+        if self.fail || self.fail_after.is_some_and(|k| seen > k) {
             return Err(BackendError("the fake backend was told to fail".into()));
         }
         let per = self.chw.iter().product::<usize>();
@@ -203,7 +206,8 @@ pub fn write_version(
 
 /// Opens version folders as [`FakeBackend`]s. The stand-in `model.onnx` steers it:
 /// `corrupt` fails to open, `fail` opens but fails every inference (its warm-up too),
-/// `panic` warms up and then panics on its first batch, anything else serves.
+/// `panic` warms up and then panics on its first batch, `flaky` warms up and then fails
+/// every batch, `short` answers one voxel too few, anything else serves.
 pub fn fake_opener() -> std::sync::Arc<crate::repository::Opener> {
     std::sync::Arc::new(|dir: &std::path::Path, manifest: &Manifest| {
         let bytes = std::fs::read(dir.join(MODEL_FILE))
@@ -219,9 +223,33 @@ pub fn fake_opener() -> std::sync::Arc<crate::repository::Opener> {
         if bytes.starts_with(b"panic") {
             fake.panic_after = Some(1);
         }
+        if bytes.starts_with(b"flaky") {
+            fake.fail_after = Some(1);
+        }
+        fake.short_output = bytes.starts_with(b"short");
         Ok((
             Box::new(fake) as Box<dyn Backend>,
             vcl_contract::runtime::Provider::Cpu,
         ))
     })
+}
+
+/// A PNG of `side` x `side` 16-bit RGBA zeros, written row by row: about half a
+/// megabyte at 8192 px that would decode to 512 MiB (a decompression bomb).
+pub fn png_bomb(side: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut enc = png::Encoder::new(&mut bytes, side, side);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Sixteen);
+    enc.set_compression(png::Compression::High);
+    let row = vec![0u8; side as usize * 8];
+    let written = enc.write_header().and_then(|mut w| {
+        let mut stream = w.stream_writer()?;
+        for _ in 0..side {
+            std::io::Write::write_all(&mut stream, &row)?;
+        }
+        stream.finish()
+    });
+    written.expect("encoding a PNG in memory");
+    bytes
 }

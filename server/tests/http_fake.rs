@@ -930,3 +930,237 @@ fn blocking_predict(addr: std::net::SocketAddr) -> u64 {
     let v: Value = serde_json::from_str(&out[json_start..]).unwrap();
     v["version"].as_u64().unwrap()
 }
+
+fn npy_req(path: &str, shape: &[usize], values: &[f32]) -> test::TestRequest {
+    test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/x-npy"))
+        .set_payload(decode::write_npy(shape, values))
+}
+
+#[actix_web::test]
+async fn wrong_methods_bad_headers_and_token_schemes() {
+    let mut cfg = Config::defaults();
+    cfg.api_key = Some("s3cret".into());
+    let f = fixture(cfg, |_| {});
+    let app = app!(f);
+    // A wrong method is 405 with Allow, not 404.
+    for (req, allow) in [
+        (test::TestRequest::post().uri("/healthz"), "GET"),
+        (test::TestRequest::delete().uri("/metrics"), "GET"),
+        (
+            test::TestRequest::get()
+                .uri("/v1/models/fake-model/predict")
+                .insert_header(("authorization", "Bearer s3cret")),
+            "POST",
+        ),
+    ] {
+        let resp = test::call_service(&app, req.to_request()).await;
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers().get("allow").unwrap(), allow);
+        let v: Value = serde_json::from_slice(&test::read_body(resp).await).unwrap();
+        assert_eq!(v["kind"], "method_not_allowed", "{v}");
+    }
+    // The scheme is case-insensitive; the token is not.
+    for (auth, status) in [
+        ("bearer s3cret", 200),
+        ("BEARER  s3cret ", 200),
+        ("Bearer S3CRET", 401),
+        ("Basic s3cret", 401),
+        ("s3cret", 401),
+    ] {
+        let (s, _) = send!(
+            &app,
+            test::TestRequest::get()
+                .uri("/v1/models")
+                .insert_header(("authorization", auth))
+        );
+        assert_eq!(s, status, "{auth}");
+    }
+    // A Content-Length that is no number is a JSON 400.
+    assert_error(
+        &send!(
+            &app,
+            post_json("/v1/models/fake-model/predict", json!({"images": []}))
+                .insert_header(("authorization", "Bearer s3cret"))
+                .insert_header(("content-length", "abc"))
+        ),
+        400,
+        "bad_header",
+    );
+    // The inference key does not administer: with no admin key, reload is refused.
+    let reload = |auth: &'static str| {
+        test::TestRequest::post()
+            .uri("/v1/repository/reload")
+            .insert_header(("authorization", auth))
+    };
+    assert_error(&send!(&app, reload("Bearer s3cret")), 403, "forbidden");
+}
+
+#[actix_web::test]
+async fn administration_has_its_own_key_or_none() {
+    let mut cfg = Config::defaults();
+    cfg.api_key = Some("infer".into());
+    cfg.admin_api_key = Some("admin".into());
+    let f = fixture(cfg.clone(), |_| {});
+    let app = app!(f);
+    let reload = |auth: &'static str| {
+        test::TestRequest::post()
+            .uri("/v1/repository/reload")
+            .insert_header(("authorization", auth))
+    };
+    assert_error(&send!(&app, reload("Bearer infer")), 401, "unauthorized");
+    // The fixture's repository has no folder on disk: past auth, that is a 503.
+    assert_error(
+        &send!(&app, reload("Bearer admin")),
+        503,
+        "repository_unavailable",
+    );
+    cfg.disable_admin = true;
+    let f = fixture(cfg, |_| {});
+    let app = app!(f);
+    assert_error(&send!(&app, reload("Bearer admin")), 403, "forbidden");
+}
+
+/// NaN, infinities and values outside the manifest's [0, 1] (an image normalized by
+/// the client, say) once came back 200 with null predictions; they are 422 now, on
+/// every route that takes numbers.
+#[actix_web::test]
+async fn non_finite_and_out_of_range_inputs_are_422() {
+    let f = fixture(Config::defaults(), |_| {});
+    let app = app!(f);
+    let p = "/v1/models/fake-model/predict";
+    for bad in [f32::NAN, f32::INFINITY, -2.1] {
+        let mut px = vec![0.5; 192];
+        px[7] = bad;
+        let got = send!(&app, npy_req(p, &[1, 3, 8, 8], &px));
+        assert_error(&got, 422, "out_of_range");
+        assert!(
+            got.1["error"].as_str().unwrap().contains("value 7"),
+            "{}",
+            got.1
+        );
+    }
+    let all_nan = vec![f32::NAN; 192];
+    assert_error(
+        &send!(&app, npy_req(p, &[1, 3, 8, 8], &all_nan)),
+        422,
+        "out_of_range",
+    );
+    let infer = "/v2/models/fake-model/infer";
+    let mut data = vec![json!(0.5); 192];
+    data[3] = json!(1e39);
+    let body = json!({"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": data}]});
+    assert_error(
+        &send!(&app, test::TestRequest::post().uri(infer).set_json(body)),
+        422,
+        "out_of_range",
+    );
+    let (req, _) = kserve_binary(&[f32::INFINITY; 192], 192 * 4, 0);
+    assert_error(&send!(&app, req), 422, "out_of_range");
+}
+
+/// A KServe binary-extension request: JSON header part, then the float32 bytes (and
+/// `extra` bytes more), announcing `size` bytes.
+fn kserve_binary(values: &[f32], size: i64, extra: usize) -> (test::TestRequest, usize) {
+    let head = json!({"inputs": [{"name": "images", "shape": [values.len() / 192, 3, 8, 8], "datatype": "FP32",
+                      "parameters": {"binary_data_size": size}}],
+                      "outputs": [{"name": "roi_means", "parameters": {"binary_data": true}},
+                                  {"name": "voxels", "parameters": {"binary_data": false}}]})
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    body.extend(std::iter::repeat_n(0u8, extra));
+    let req = test::TestRequest::post()
+        .uri("/v2/models/fake-model/infer")
+        .insert_header(("content-type", "application/octet-stream"))
+        .insert_header(("inference-header-content-length", head.len().to_string()))
+        .set_payload(body);
+    (req, head.len())
+}
+
+#[actix_web::test]
+async fn kserve_binary_tensor_extension() {
+    let f = fixture(Config::defaults(), |_| {});
+    let app = app!(f);
+    let px: Vec<f32> = (0..2 * 192).map(|i| (i % 5) as f32 / 5.0).collect();
+    let (req, _) = kserve_binary(&px, px.len() as i64 * 4, 0);
+    let resp = test::call_service(&app, req.to_request()).await;
+    assert_eq!(resp.status(), 200);
+    let json_len: usize = resp
+        .headers()
+        .get("inference-header-content-length")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = test::read_body(resp).await;
+    let head: Value = serde_json::from_slice(&body[..json_len]).unwrap();
+    let outs = head["outputs"].as_array().unwrap();
+    assert_eq!(outs[0]["name"], "roi_means");
+    assert_eq!(outs[0]["parameters"]["binary_data_size"], 2 * 4 * 4);
+    assert_eq!(outs[1]["data"].as_array().unwrap().len(), 2 * 6);
+    let blob: Vec<f32> = body[json_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let want: Vec<f32> = [f.fake.expected(&px[..192]).1, f.fake.expected(&px[192..]).1].concat();
+    assert_eq!(blob, want);
+
+    // Bytes past binary_data_size were once ignored; a negative size got a misleading
+    // message. Both are refused, saying what is wrong.
+    let (req, _) = kserve_binary(&px, px.len() as i64 * 4, 8);
+    let got = send!(&app, req);
+    assert_error(&got, 422, "bad_tensor");
+    assert!(
+        got.1["error"].as_str().unwrap().contains("follow the JSON"),
+        "{}",
+        got.1
+    );
+    let (req, _) = kserve_binary(&px, -4, 0);
+    let got = send!(&app, req);
+    assert_error(&got, 422, "bad_tensor");
+    assert!(
+        got.1["error"].as_str().unwrap().contains("non-negative"),
+        "{}",
+        got.1
+    );
+    let (req, _) = kserve_binary(&px, 12, 0);
+    assert_error(&send!(&app, req), 422, "bad_tensor");
+    let over = test::TestRequest::post()
+        .uri("/v2/models/fake-model/infer")
+        .insert_header(("content-type", "application/octet-stream"))
+        .insert_header(("inference-header-content-length", "9999"))
+        .set_payload("{}");
+    assert_error(&send!(&app, over), 400, "bad_header");
+    let nan = test::TestRequest::post()
+        .uri("/v2/models/fake-model/infer")
+        .insert_header(("inference-header-content-length", "many"))
+        .set_payload("{}");
+    assert_error(&send!(&app, nan), 400, "bad_header");
+}
+
+#[actix_web::test]
+async fn unknown_model_names_share_one_metrics_label() {
+    let f = fixture(Config::defaults(), |_| {});
+    let app = app!(f);
+    for i in 0..50 {
+        let (s, _) = send!(
+            &app,
+            post_json(
+                &format!("/v1/models/ghost-{i}/predict"),
+                json!({"images": []})
+            )
+        );
+        assert_eq!(s, 404);
+    }
+    let text = (f.state.render_metrics)();
+    assert!(!text.contains("ghost-"), "client names leaked into labels");
+    assert!(
+        text.lines().any(|l| l.starts_with("vcl_requests_total")
+            && l.contains("model=\".unknown\"")
+            && l.contains("status=\"404\"")),
+        "{text}"
+    );
+}

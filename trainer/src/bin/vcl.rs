@@ -572,22 +572,21 @@ fn run_export(a: ExportArgs) -> Result<()> {
         per_roi: a.per_roi,
         threads: 0,
     };
+    let runs: Vec<String> = a.runs.iter().map(|r| r.display().to_string()).collect();
+    let models = vcl_trainer::onnx_export::export_runs(&a.runs, &a.out, &opts)
+        .with_context(|| format!("exporting {} (nothing was published)", runs.join(", ")))?;
     println!("| model | version | ROIs | voxels | ONNX Runtime vs libtorch (max rel. diff) |");
     println!("|---|---:|---:|---:|---:|");
-    for run in &a.runs {
-        let models = vcl_trainer::onnx_export::export(run, &a.out, &opts)
-            .with_context(|| format!("exporting {}", run.display()))?;
-        for m in models {
-            let voxels: usize = m.manifest.rois.iter().map(|r| r.vertices.len()).sum();
-            println!(
-                "| {} | {} | {} | {} | {:.1e} |",
-                m.name,
-                m.version,
-                m.manifest.rois.len(),
-                voxels,
-                m.comparison.max_rel
-            );
-        }
+    for m in models {
+        let voxels: usize = m.manifest.rois.iter().map(|r| r.vertices.len()).sum();
+        println!(
+            "| {} | {} | {} | {} | {:.1e} |",
+            m.name,
+            m.version,
+            m.manifest.rois.len(),
+            voxels,
+            m.comparison.max_rel
+        );
     }
     println!("\nmodel repository: {}", a.out.display());
     Ok(())

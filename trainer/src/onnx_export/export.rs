@@ -29,6 +29,7 @@ use vcl_contract::manifest::{
     OutputsSpec, Provenance, RoiEvaluation, RoiSpec, TensorSpec, TrainingSpec, Verification,
     VoxelSlice,
 };
+use vcl_contract::repository as contract_repo;
 use vcl_contract::runtime::{self, DeviceChoice, Runtime};
 
 /// How to export.
@@ -331,29 +332,29 @@ pub fn git_commit() -> Option<String> {
     Some(if dirty { format!("{head}+dirty") } else { head })
 }
 
-/// The next free integer version under `dir` (1 when there is none).
-fn next_version(dir: &Path) -> Result<u32, ExportError> {
-    let mut max = 0u32;
-    if dir.is_dir() {
-        for e in std::fs::read_dir(dir).map_err(|e| ExportError::file(dir, e))? {
-            let e = e.map_err(|err| ExportError::file(dir, err))?;
-            if let Ok(v) = e.file_name().to_string_lossy().parse::<u32>() {
-                max = max.max(v);
-            }
-        }
-    }
-    Ok(max + 1)
+/// A staging folder: dropped before it is published, it removes itself, and its model
+/// folder if that is left empty.
+struct Staging {
+    model_dir: PathBuf,
+    tmp: Option<PathBuf>,
 }
 
-/// Removes a half-written model folder unless it was published.
-struct TmpDir(Option<PathBuf>);
-
-impl Drop for TmpDir {
+impl Drop for Staging {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
+        if let Some(p) = self.tmp.take() {
             let _ = std::fs::remove_dir_all(p);
         }
+        contract_repo::remove_if_empty(&self.model_dir);
     }
+}
+
+/// A model written and checked in its staging folder, not yet published.
+struct Staged {
+    staging: Staging,
+    name: String,
+    manifest: Manifest,
+    op_types: Vec<String>,
+    comparison: Comparison,
 }
 
 fn to_contract_hemisphere(h: Hemisphere) -> contract::Hemisphere {
@@ -589,19 +590,55 @@ fn tensor_values(t: &Tensor) -> Result<Vec<f32>, ExportError> {
     })
 }
 
-/// Exports every model of `run` into the model repository `out_repo`.
+/// Exports every model of `run` into the model repository `out_repo`: all of them, or
+/// none (see [`export_runs`]).
 pub fn export(
     run: &Path,
     out_repo: &Path,
     opts: &ExportOptions,
 ) -> Result<Vec<ExportedModel>, ExportError> {
-    let contents = load_run(run, opts.per_roi)?;
-    let cfg = &contents.record.config;
+    export_runs(&[run.to_path_buf()], out_repo, opts)
+}
+
+/// Exports every model of every run into `out_repo`, all or none: each model is
+/// written, checked against libtorch and re-read in a staging folder first, and only
+/// when every one of them is ready are they published (renamed to their version
+/// numbers); should a publication fail, the versions this call published are taken
+/// back out. Staging folders that exports killed earlier left behind are removed
+/// first (and logged).
+pub fn export_runs(
+    runs: &[PathBuf],
+    out_repo: &Path,
+    opts: &ExportOptions,
+) -> Result<Vec<ExportedModel>, ExportError> {
+    let leftovers = contract_repo::clean_stale(out_repo)?;
+    for p in &leftovers.removed {
+        tracing::warn!(dir = %p.display(), "removed a half-written version that an interrupted export left behind");
+    }
+    for p in &leftovers.in_progress {
+        tracing::warn!(dir = %p.display(), "another export is writing here (its process runs): left alone");
+    }
     let dylib = match &opts.ort_dylib {
         Some(p) => p.clone(),
         None => runtime::default_dylib_path()?,
     };
     let rt = Runtime::shared(&dylib)?;
+    let mut staged = Vec::new();
+    for run in runs {
+        staged.extend(stage_run(rt, run, out_repo, opts)?);
+    }
+    publish_all(staged)
+}
+
+/// Writes and checks every model of one run in staging folders.
+fn stage_run(
+    rt: &Runtime,
+    run: &Path,
+    out_repo: &Path,
+    opts: &ExportOptions,
+) -> Result<Vec<Staged>, ExportError> {
+    let contents = load_run(run, opts.per_roi)?;
+    let cfg = &contents.record.config;
     let runtime_name = rt
         .dylib
         .file_name()
@@ -609,7 +646,7 @@ pub fn export(
         .unwrap_or_default();
     let git = opts.git_commit.clone().or_else(git_commit);
     let ds = Dataset::open(&cfg.data_dir)?;
-    let mut exported = Vec::with_capacity(contents.bundles.len());
+    let mut staged = Vec::with_capacity(contents.bundles.len());
     for bundle in &contents.bundles {
         let subject = ds.subject(&bundle.subject)?;
         let (rows, x) = crate::encoding::heldout_images(cfg, &subject, opts.verify_images)?;
@@ -618,13 +655,13 @@ pub fn export(
 
         let model_dir = out_repo.join(&bundle.name);
         std::fs::create_dir_all(&model_dir).map_err(|e| ExportError::file(&model_dir, e))?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let tmp_path = model_dir.join(format!(".partial-{}-{nanos}", std::process::id()));
+        let tmp_path = model_dir.join(contract_repo::partial_name());
+        let mut staging = Staging {
+            model_dir: model_dir.clone(),
+            tmp: None,
+        };
         std::fs::create_dir(&tmp_path).map_err(|e| ExportError::file(&tmp_path, e))?;
-        let mut tmp = TmpDir(Some(tmp_path.clone()));
+        staging.tmp = Some(tmp_path.clone());
         let onnx = tmp_path.join(contract::MODEL_FILE);
         std::fs::write(&onnx, &built.bytes).map_err(|e| ExportError::file(&onnx, e))?;
 
@@ -636,7 +673,7 @@ pub fn export(
             max_rel_diff = comparison.max_rel,
             "ONNX Runtime agrees with libtorch"
         );
-        let mut m = manifest(&ManifestParts {
+        let m = manifest(&ManifestParts {
             contents: &contents,
             bundle,
             built: &built,
@@ -650,41 +687,59 @@ pub fn export(
         })?;
 
         // The contract's own check, as the server will run it: the session's input and
-        // outputs are the manifest's.
+        // outputs are the manifest's; the manifest is written and read back once here
+        // (version 1 stands in) so that a full disk or a bad field fails before any
+        // model of the export is published.
         let (session, _) = rt.session(&onnx, DeviceChoice::Cpu, opts.threads)?;
         runtime::check_session(&m, &session, &onnx)?;
         drop(session);
-
-        // Publish: another exporter may take a version meanwhile; rename refuses to
-        // replace a non-empty folder, so retry with the next number.
-        let mut published = None;
-        for _ in 0..5 {
-            let version = next_version(&model_dir)?;
-            m.model.version = version;
-            m.write(&tmp_path)?;
-            Manifest::load(&tmp_path)?;
-            let dest = model_dir.join(version.to_string());
-            if dest.exists() {
-                continue;
-            }
-            if std::fs::rename(&tmp_path, &dest).is_ok() {
-                published = Some((version, dest));
-                break;
-            }
-        }
-        let (version, dir) = published.ok_or_else(|| {
-            ExportError::file(&model_dir, "could not claim a version folder after 5 tries")
-        })?;
-        // Published: nothing left to clean up.
-        tmp.0 = None;
-        tracing::info!(model = %bundle.name, version, dir = %dir.display(), rois = m.rois.len(), voxels = m.n_voxels(), "model exported");
-        exported.push(ExportedModel {
+        m.write(&tmp_path)?;
+        Manifest::load(&tmp_path)?;
+        staged.push(Staged {
+            staging,
             name: bundle.name.clone(),
-            version,
-            dir,
             manifest: m,
             op_types: built.op_types.clone(),
             comparison,
+        });
+    }
+    Ok(staged)
+}
+
+/// Publishes every staged model, or none: on a failure the versions published so far
+/// are taken back out (and the staged rest removed as they drop).
+fn publish_all(staged: Vec<Staged>) -> Result<Vec<ExportedModel>, ExportError> {
+    let mut exported: Vec<ExportedModel> = Vec::with_capacity(staged.len());
+    for mut s in staged {
+        let Some(tmp) = s.staging.tmp.clone() else {
+            continue;
+        };
+        let mut m = s.manifest.clone();
+        let published = contract_repo::publish(&tmp, &s.staging.model_dir, |v| {
+            m.model.version = v;
+            m.write(&tmp)?;
+            Manifest::load(&tmp).map(|_| ())
+        });
+        let (version, dir) = match published {
+            Ok(p) => p,
+            Err(e) => {
+                for done in &exported {
+                    if let Err(undo) = contract_repo::unpublish(&done.dir) {
+                        tracing::error!(dir = %done.dir.display(), error = %undo, "could not take a published version back out");
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        s.staging.tmp = None;
+        tracing::info!(model = %s.name, version, dir = %dir.display(), rois = m.rois.len(), voxels = m.n_voxels(), "model exported");
+        exported.push(ExportedModel {
+            name: s.name.clone(),
+            version,
+            dir,
+            manifest: m,
+            op_types: std::mem::take(&mut s.op_types),
+            comparison: s.comparison.clone(),
         });
     }
     Ok(exported)

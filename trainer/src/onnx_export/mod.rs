@@ -22,8 +22,8 @@ pub use vcl_contract as contract;
 pub use crate::encoding::heldout_images;
 pub use error::ExportError;
 pub use export::{
-    dataset_fingerprint, export, git_commit, load_run, verify_with_ort, Bundle, ExportOptions,
-    ExportedModel, RunContents,
+    dataset_fingerprint, export, export_runs, git_commit, load_run, verify_with_ort, Bundle,
+    ExportOptions, ExportedModel, RunContents,
 };
 pub use graph::{IR_VERSION, OPSET};
 pub use model::{
