@@ -739,7 +739,7 @@ fn publish_all(staged: Vec<Staged>) -> Result<Vec<ExportedModel>, ExportError> {
             dir,
             manifest: m,
             op_types: std::mem::take(&mut s.op_types),
-            comparison: s.comparison.clone(),
+            comparison: s.comparison,
         });
     }
     Ok(exported)
