@@ -415,3 +415,84 @@ fn damaged_repository_entries_are_refused() {
     // The untouched copy still loads.
     assert!(Manifest::load(&fresh("intact")).is_ok());
 }
+
+/// Every file and folder under `root`, relative, sorted.
+fn tree(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            out.push(e.path().strip_prefix(root).unwrap().display().to_string());
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A disk that fills in the middle of an export (a real write error: the `vcl export`
+/// process runs with a file-size limit that the first model fits under and a later
+/// one does not, SIGXFSZ ignored so the write fails with EFBIG) publishes nothing and
+/// leaves nothing behind, and a staging folder left by a killed export is cleaned up.
+#[test]
+fn an_export_publishes_all_its_models_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    copy_dir(two_tap_run(), &run);
+    let fit_json = run.join("fit.json");
+    let text = std::fs::read_to_string(&fit_json).unwrap();
+    // Labelled a CL run: one model per ROI, V1 (small) before early (large).
+    std::fs::write(&fit_json, text.replace("\"untuned\"", "\"cl\"")).unwrap();
+    let opts = ExportOptions {
+        verify_images: 2,
+        ..ExportOptions::default()
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let sizes: Vec<u64> = export(&run, scratch.path(), &opts)
+        .unwrap()
+        .iter()
+        .map(|m| std::fs::metadata(m.dir.join("model.onnx")).unwrap().len())
+        .collect();
+    let largest = *sizes.iter().max().unwrap();
+    assert!(sizes[0] < largest, "the first model must fit: {sizes:?}");
+    let limit_kb = (sizes[0] + largest) / 2 / 1024;
+
+    let repo = dir.path().join("exports");
+    // What an export killed with -9 leaves: a staging folder of a process now gone.
+    let stale = repo
+        .join("subj01-lh-V1-cl-mobilenet_v2")
+        .join(format!(".partial-{}-1", u32::MAX - 1));
+    std::fs::create_dir_all(stale.join("half")).unwrap();
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "trap '' XFSZ; ulimit -f \"$0\"; exec \"$@\"",
+            &limit_kb.to_string(),
+        ])
+        .arg(vcl_tests::vcl_bin())
+        .args(["export", "--verify-images", "2", "--run"])
+        .arg(&run)
+        .arg("--out")
+        .arg(&repo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!(
+        "model sizes {sizes:?}, file-size limit {limit_kb} KiB -> exit {:?}: {}",
+        out.status.code(),
+        stderr.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("nothing was published") && stderr.contains("model.onnx"),
+        "{stderr}"
+    );
+    assert_eq!(
+        tree(&repo),
+        Vec::<String>::new(),
+        "nothing published, nothing left"
+    );
+    // (With room on the disk the same export publishes every model: the tests above.)
+}

@@ -41,8 +41,11 @@ pub enum ServerError {
     #[error("the request body is over the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
 
-    #[error("unsupported content type '{0}': send application/json, application/x-npy or multipart/form-data")]
-    UnsupportedMediaType(String),
+    #[error("unsupported content type '{found}': this route takes {accepted}")]
+    UnsupportedMediaType {
+        found: String,
+        accepted: &'static str,
+    },
 
     /// A tensor of the wrong shape, dtype or length (.npy body or KServe input).
     #[error("bad tensor: {0}")]
@@ -125,7 +128,7 @@ impl ServerError {
             Unauthorized => StatusCode::UNAUTHORIZED,
             ModelNotFound(_) | RouteNotFound => StatusCode::NOT_FOUND,
             BatchTooLarge { .. } | BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotAnImage { .. }
             | ImageTooLarge { .. }
             | BadTensor(_)
@@ -153,7 +156,7 @@ impl ServerError {
             EmptyBatch => "empty_batch",
             BatchTooLarge { .. } => "batch_too_large",
             BodyTooLarge { .. } => "body_too_large",
-            UnsupportedMediaType(_) => "unsupported_media_type",
+            UnsupportedMediaType { .. } => "unsupported_media_type",
             BadTensor(_) => "bad_tensor",
             Invalid(_) => "invalid",
             ModelNotFound(_) => "model_not_found",
@@ -197,7 +200,10 @@ impl ServerError {
             EmptyBatch,
             BatchTooLarge { n: 2, max: 1 },
             BodyTooLarge { limit: 1 },
-            UnsupportedMediaType("x".into()),
+            UnsupportedMediaType {
+                found: "x".into(),
+                accepted: "y",
+            },
             BadTensor("x".into()),
             Invalid("x".into()),
             ModelNotFound("x".into()),

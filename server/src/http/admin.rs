@@ -50,7 +50,8 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn openapi(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(crate::openapi::document(&state.cfg))
+    let names: Vec<String> = state.live.snapshot().models.keys().cloned().collect();
+    HttpResponse::Ok().json(crate::openapi::document(&state.cfg, &names))
 }
 
 /// Rescans the repository and swaps in new versions (which warm up first); answers

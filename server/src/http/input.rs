@@ -97,7 +97,11 @@ pub enum Media {
     Missing,
 }
 
-pub fn media(req: &HttpRequest) -> Result<Media, ServerError> {
+/// What the prediction route takes (rank and KServe say their own).
+pub const PREDICT_MEDIA: &str = "application/json, application/x-npy or multipart/form-data";
+
+/// The request's media type; `accepted` names what the route takes, for the 415.
+pub fn media(req: &HttpRequest, accepted: &'static str) -> Result<Media, ServerError> {
     let Some(ct) = req.headers().get(header::CONTENT_TYPE) else {
         return Ok(Media::Missing);
     };
@@ -113,7 +117,10 @@ pub fn media(req: &HttpRequest) -> Result<Media, ServerError> {
         "application/json" => Ok(Media::Json),
         NPY | "application/octet-stream" => Ok(Media::Npy),
         "multipart/form-data" => Ok(Media::Multipart),
-        _ => Err(ServerError::UnsupportedMediaType(ct)),
+        _ => Err(ServerError::UnsupportedMediaType {
+            found: ct,
+            accepted,
+        }),
     }
 }
 

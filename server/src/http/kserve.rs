@@ -52,6 +52,8 @@ pub async fn model_ready(state: web::Data<AppState>, name: web::Path<String>) ->
     }
 }
 
+type Parameters = serde_json::Map<String, Value>;
+
 #[derive(Deserialize)]
 struct V2Input {
     name: String,
@@ -60,14 +62,14 @@ struct V2Input {
     #[serde(default)]
     data: Value,
     #[serde(default)]
-    parameters: Value,
+    parameters: Parameters,
 }
 
 #[derive(Deserialize)]
 struct V2Output {
     name: String,
     #[serde(default)]
-    parameters: Value,
+    parameters: Parameters,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +80,18 @@ struct V2Request {
     #[serde(default)]
     outputs: Option<Vec<V2Output>>,
     #[serde(default)]
-    parameters: Value,
+    parameters: Parameters,
+}
+
+/// A boolean parameter: absent, or true/false (anything else is refused).
+fn flag(params: &Parameters, key: &str) -> Result<Option<bool>, ServerError> {
+    match params.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ServerError::InvalidJson(format!(
+            "parameter {key} is {other}, not true or false"
+        ))),
+    }
 }
 
 /// The binary tensor data extension's header: the JSON part's length.
@@ -202,19 +215,15 @@ pub fn parse_infer(
     }
     let data = values(input, binary, n * 3 * (h * w) as usize)?;
     decode::check_values(&data, mf.input.value_range)?;
-    let binary_default = r
-        .parameters
-        .get("binary_data_output")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let binary_default = flag(&r.parameters, "binary_data_output")?.unwrap_or(false);
     let outputs: Vec<(String, bool)> = match &r.outputs {
         Some(o) if !o.is_empty() => o
             .iter()
             .map(|o| {
-                let bin = o.parameters.get("binary_data").and_then(Value::as_bool);
-                (o.name.clone(), bin.unwrap_or(binary_default))
+                let bin = flag(&o.parameters, "binary_data")?;
+                Ok((o.name.clone(), bin.unwrap_or(binary_default)))
             })
-            .collect(),
+            .collect::<Result<_, ServerError>>()?,
         _ => vec![
             (mf.outputs.voxels.name.clone(), binary_default),
             (mf.outputs.roi_means.name.clone(), binary_default),
@@ -257,13 +266,21 @@ pub async fn infer(
         let json_len = json_len(&req)?;
         // JSON, or the binary extension's JSON + bytes (which clients send untyped or
         // as octet-stream).
-        match input::media(&req)? {
+        const INFER_MEDIA: &str =
+            "application/json, or the binary tensor data extension (with Inference-Header-Content-Length)";
+        match input::media(&req, INFER_MEDIA)? {
             Media::Json | Media::Missing => {}
             Media::Npy if json_len.is_some() => {}
             Media::Npy | Media::Multipart => {
-                return Err(ServerError::UnsupportedMediaType(
-                    "v2 infer takes application/json (or the binary tensor data extension)".into(),
-                ))
+                return Err(ServerError::UnsupportedMediaType {
+                    found: req
+                        .headers()
+                        .get(actix_web::http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string(),
+                    accepted: INFER_MEDIA,
+                })
             }
         }
         let body = input::read_body(&state, &req, payload).await?;

@@ -76,7 +76,12 @@ macro_rules! resource {
 /// reload route asks for the administration token ([`admin_auth`]).
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |c: &mut web::ServiceConfig| {
+        // A path segment that does not decode (bad percent-encoding) is a bad model
+        // name, answered in JSON like every other error.
+        let path_errors = web::PathConfig::default()
+            .error_handler(|e, _| ServerError::InvalidModelName(e.to_string()).into());
         c.app_data(state)
+            .app_data(path_errors)
             .service(resource!("/healthz", get, admin::live))
             .service(resource!("/readyz", get, admin::ready))
             .service(resource!("/v2/health/live", get, admin::live))

@@ -80,7 +80,7 @@ pub async fn predict(
     let start = Instant::now();
     let res = async {
         let model = model(&state, &name)?;
-        let kind = input::media(&req)?;
+        let kind = input::media(&req, input::PREDICT_MEDIA)?;
         let query = web::Query::<PredictQuery>::from_query(req.query_string())
             .map_err(|e| ServerError::Invalid(format!("query: {e}")))?;
         let query_reduce = query.reduce.as_deref().map(Reduce::parse).transpose()?;
@@ -109,7 +109,12 @@ pub async fn predict(
                 let (a, p) = admit_images(&state, &model, Images::Raw(form.files)).await?;
                 (a, p, reduce)
             }
-            Media::Missing => return Err(ServerError::UnsupportedMediaType("(none)".into())),
+            Media::Missing => {
+                return Err(ServerError::UnsupportedMediaType {
+                    found: "(none)".into(),
+                    accepted: input::PREDICT_MEDIA,
+                })
+            }
         };
         let n = pixels.len() / model.chw().iter().product::<usize>();
         let out = model.run(admission, pixels).await?;
@@ -165,11 +170,19 @@ pub async fn rank_images(
     let start = Instant::now();
     let res = async {
         let model = model(&state, &name)?;
-        let kind = input::media(&req)?;
+        const RANK_MEDIA: &str = "application/json or multipart/form-data";
+        let kind = input::media(&req, RANK_MEDIA)?;
         if !matches!(kind, Media::Json | Media::Multipart) {
-            return Err(ServerError::UnsupportedMediaType(
-                "rank takes application/json or multipart/form-data".into(),
-            ));
+            let found = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("(none)")
+                .to_string();
+            return Err(ServerError::UnsupportedMediaType {
+                found,
+                accepted: RANK_MEDIA,
+            });
         }
         let body = input::read_body(&state, &req, payload).await?;
         let (objective, top_k, images) = if kind == Media::Json {
