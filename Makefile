@@ -13,13 +13,16 @@ DEMO_DATA ?= data/demo
 DEMO_SEED ?= 0
 VCL := target/release/vcl
 
-.PHONY: setup browser build demo test fmt clippy
+.PHONY: setup browser tools build demo test fmt clippy fuzz
 
 setup:
 	@scripts/setup.sh
 
 browser:
 	@scripts/setup_browser.sh
+
+tools:
+	@scripts/setup_tools.sh
 
 build: setup
 	cargo build --release --workspace --bins
@@ -74,10 +77,17 @@ demo: build
 
 fmt:
 	cargo fmt --all --check
+	cargo fmt --manifest-path fuzz/Cargo.toml --check
 
 clippy: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test: setup browser fmt clippy
+# Bounded fuzzing of the server's decoders (FUZZ_SECONDS each of 5 targets).
+FUZZ_SECONDS ?= 20
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+test: setup browser tools fmt clippy
 	cargo build --workspace --bins
 	cargo test --workspace
+	$(MAKE) --no-print-directory fuzz

@@ -222,11 +222,15 @@ pub fn read_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), ServerError> {
         })
         .collect::<Result<_, _>>()?;
     let data = &bytes[hstart + hlen..];
-    let count: usize = shape.iter().product();
-    if data.len() != count * 4 {
+    // A shape's product can overflow (found by fuzz/fuzz_targets/npy.rs): such a shape
+    // is too large for any body.
+    let needed = shape
+        .iter()
+        .try_fold(4usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {shape:?} is too large")))?;
+    if data.len() != needed {
         return Err(bad(format!(
-            "shape {shape:?} needs {} bytes of data, the body has {}",
-            count * 4,
+            "shape {shape:?} needs {needed} bytes of data, the body has {}",
             data.len()
         )));
     }
@@ -271,11 +275,11 @@ mod tests {
         let (shape, v) = read_npy(&bytes).unwrap();
         assert_eq!(shape, vec![2, 3]);
         assert_eq!(v, vec![1., 2., 3., 4., 5., 6.]);
-        let f8 = String::from_utf8_lossy(&bytes).replace("<f4", "<f8");
-        assert!(matches!(
-            read_npy(f8.as_bytes()),
-            Err(ServerError::BadTensor(_))
-        ));
+        let mut f8 = bytes.clone();
+        let at = f8.windows(3).position(|w| w == b"<f4").unwrap();
+        f8[at + 2] = b'8';
+        let e = read_npy(&f8).unwrap_err();
+        assert!(e.to_string().contains("'<f8'"), "{e}");
         assert!(matches!(
             read_npy(&bytes[..bytes.len() - 4]),
             Err(ServerError::BadTensor(_))
@@ -284,6 +288,10 @@ mod tests {
             read_npy(b"hello world"),
             Err(ServerError::BadTensor(_))
         ));
+        // A shape whose product overflows (found by fuzzing) is refused, not wrapped.
+        let huge = write_npy(&[1 << 62, 8], &[]);
+        let e = read_npy(&huge).unwrap_err();
+        assert!(e.to_string().contains("too large"), "{e}");
     }
 
     fn pre(size: u32) -> Preprocess {

@@ -150,8 +150,67 @@ impl Form {
 }
 
 /// Parses a multipart body already read under the limit (`headers` carry its
-/// boundary).
+/// boundary), off the async workers. actix-multipart 0.7.2 has two failure modes on
+/// hostile forms, both found by the fuzz target and pinned by tests/decoders.rs: it
+/// panics on some bodies whose boundary is under 4 characters, and it never completes
+/// on a form whose last part misses its closing boundary. The whole body is in
+/// memory, so the parse is driven to the end here ([`drive`]): a parse that stops
+/// without asking to be woken is stuck for good, and a panic is caught; both are 400,
+/// rather than a request that never ends or a worker that dies.
 pub async fn read_form(headers: &HeaderMap, body: web::Bytes) -> Result<Form, ServerError> {
+    let headers = headers.clone();
+    web::block(move || parse_form_now(&headers, body))
+        .await
+        .map_err(|e| ServerError::Inference(format!("form parsing thread: {e}")))?
+}
+
+/// [`read_form`] on the calling thread.
+pub fn parse_form_now(headers: &HeaderMap, body: web::Bytes) -> Result<Form, ServerError> {
+    let malformed =
+        |why: &str| ServerError::BadMultipart(format!("the form could not be parsed: {why}"));
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        drive(parse_form(headers, body))
+    }));
+    match parsed {
+        Ok(Some(form)) => form,
+        Ok(None) => Err(malformed("it ends before its closing boundary")),
+        Err(_) => {
+            tracing::warn!("the multipart parser panicked on a request body: answered 400");
+            Err(malformed("malformed multipart body or boundary"))
+        }
+    }
+}
+
+/// Most polls of one parse: far more than any form under the body limit needs.
+const MAX_POLLS: usize = 1 << 24;
+
+/// Polls `f`, whose input is all in memory, to completion on this thread: None when it
+/// returns Pending without having asked to be woken (nothing can wake it any more).
+fn drive<F: std::future::Future>(f: F) -> Option<F::Output> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let flag = std::sync::Arc::new(Flag(AtomicBool::new(false)));
+    let waker = Waker::from(flag.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    for _ in 0..MAX_POLLS {
+        flag.0.store(false, Ordering::SeqCst);
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return Some(v),
+            Poll::Pending if !flag.0.load(Ordering::SeqCst) => return None,
+            Poll::Pending => {}
+        }
+    }
+    None
+}
+
+async fn parse_form(headers: &HeaderMap, body: web::Bytes) -> Result<Form, ServerError> {
     let bad = |e: &dyn std::fmt::Display| ServerError::BadMultipart(e.to_string());
     let stream =
         futures_util::stream::once(async move { Ok::<_, actix_web::error::PayloadError>(body) });
