@@ -198,3 +198,41 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys can come from files (so that they show in no process list), first line,
+    /// newline dropped; an empty or missing file is refused, naming it.
+    #[test]
+    fn keys_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "s3cret\n").unwrap();
+        let mut cfg = Config::defaults();
+        cfg.api_key = Some("from-the-command-line".into());
+        cfg.api_key_file = Some(key.clone());
+        cfg.admin_api_key_file = Some(key.clone());
+        cfg.resolve_keys().unwrap();
+        assert_eq!(cfg.api_key.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.admin_api_key.as_deref(), Some("s3cret"));
+        std::fs::write(&key, "\n").unwrap();
+        let e = cfg.resolve_keys().unwrap_err();
+        assert!(e.contains("empty") && e.contains("key"), "{e}");
+        cfg.api_key_file = Some(dir.path().join("missing"));
+        let e = cfg.resolve_keys().unwrap_err();
+        assert!(e.contains("missing"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_clap_defaults_and_valid() {
+        let cfg = Config::defaults();
+        assert_eq!(cfg.max_image_pixels, 4096 * 4096);
+        assert!(cfg.strict_readiness && !cfg.disable_admin);
+        cfg.validate().unwrap();
+        let mut bad = Config::defaults();
+        bad.max_inflight_body_bytes = bad.max_body_bytes - 1;
+        assert!(bad.validate().is_err());
+    }
+}

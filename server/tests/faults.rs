@@ -199,6 +199,15 @@ async fn failing_backends_are_reported_and_reopened() {
         "{text}"
     );
 
+    // Every queued image was answered, the failed ones too: the queue gauges are 0.
+    for m in ["ok", "panics", "flaky", "short"] {
+        assert!(
+            text.lines()
+                .any(|l| l == format!("vcl_queue_depth{{model=\"{m}\"}} 0")),
+            "{m}: {text}"
+        );
+    }
+
     let report = live.reload().unwrap();
     assert_eq!(report.reopened, ["flaky", "panics"], "{report:?}");
     assert_eq!(report.updated.len(), 0, "{report:?}");

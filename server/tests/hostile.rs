@@ -279,6 +279,20 @@ fn hostile_clients_get_bounded_answers() {
         "liars: all 50 answered 408 and closed within {:.2} s",
         t.elapsed().as_secs_f64()
     );
+    // 6. A Content-Length that is no number: actix's HTTP parser answers it before any
+    //    handler runs, with a 400 that has no body, and closes the connection (the
+    //    one error not in JSON; a value that reaches the handlers gets a JSON 400,
+    //    tests/http_fake.rs).
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /v1/models/m/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    eprintln!("Content-Length: abc -> {:?}", text.lines().next());
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+
     // The server still serves.
     let px = vcl_server::decode::write_npy(&[1, 3, 8, 8], &[0.5; 192]);
     let (s, _) = http(

@@ -124,6 +124,17 @@ pub fn media(req: &HttpRequest, accepted: &'static str) -> Result<Media, ServerE
     }
 }
 
+/// The 415 for this request: the media type it sent, and what the route takes.
+pub fn unsupported(req: &HttpRequest, accepted: &'static str) -> ServerError {
+    let found = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("(none)")
+        .to_string();
+    ServerError::UnsupportedMediaType { found, accepted }
+}
+
 pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ServerError> {
     serde_json::from_slice(body).map_err(|e| ServerError::InvalidJson(e.to_string()))
 }

@@ -272,15 +272,7 @@ pub async fn infer(
             Media::Json | Media::Missing => {}
             Media::Npy if json_len.is_some() => {}
             Media::Npy | Media::Multipart => {
-                return Err(ServerError::UnsupportedMediaType {
-                    found: req
-                        .headers()
-                        .get(actix_web::http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string(),
-                    accepted: INFER_MEDIA,
-                })
+                return Err(input::unsupported(&req, INFER_MEDIA))
             }
         }
         let body = input::read_body(&state, &req, payload).await?;

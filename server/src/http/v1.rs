@@ -109,12 +109,7 @@ pub async fn predict(
                 let (a, p) = admit_images(&state, &model, Images::Raw(form.files)).await?;
                 (a, p, reduce)
             }
-            Media::Missing => {
-                return Err(ServerError::UnsupportedMediaType {
-                    found: "(none)".into(),
-                    accepted: input::PREDICT_MEDIA,
-                })
-            }
+            Media::Missing => return Err(input::unsupported(&req, input::PREDICT_MEDIA)),
         };
         let n = pixels.len() / model.chw().iter().product::<usize>();
         let out = model.run(admission, pixels).await?;
@@ -173,16 +168,7 @@ pub async fn rank_images(
         const RANK_MEDIA: &str = "application/json or multipart/form-data";
         let kind = input::media(&req, RANK_MEDIA)?;
         if !matches!(kind, Media::Json | Media::Multipart) {
-            let found = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("(none)")
-                .to_string();
-            return Err(ServerError::UnsupportedMediaType {
-                found,
-                accepted: RANK_MEDIA,
-            });
+            return Err(input::unsupported(&req, RANK_MEDIA));
         }
         let body = input::read_body(&state, &req, payload).await?;
         let (objective, top_k, images) = if kind == Media::Json {
