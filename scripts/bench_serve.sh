@@ -83,6 +83,11 @@ for c in $CONCURRENCY; do
 done
 kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
 
+SIZES="$(for c in $CONCURRENCY; do echo $(( c < MAX_BATCH ? c : MAX_BATCH )); done | sort -un | paste -sd,)"
+target/release/examples/bench_ort --model-dir "$DIR" --batch "$SIZES" --seconds "$SECONDS_EACH" \
+  --intra-threads "$THREADS" --device cpu > "$TMP/limit.jsonl"
+
+
 # The peers, one after the other, on the same cores.
 BENCH_VENV=.cache/bench-venv
 if [[ -n "$PEERS" ]] && ! "$BENCH_VENV/bin/python" -c "import litserve, fastapi, onnxruntime" 2>/dev/null; then
@@ -99,9 +104,9 @@ sed -e 's|application/x-npy|application/json|g' "$TMP/post.lua" > "$TMP/post_jso
 : > "$TMP/peers.jsonl"
 for peer in $PEERS; do
   case "$peer" in
-    fastapi) "$BENCH_VENV/bin/python" scripts/bench_peers/fastapi_server.py "$DIR" "$((PORT + 1))" "$THREADS" \
+    fastapi) setsid "$BENCH_VENV/bin/python" scripts/bench_peers/fastapi_server.py "$DIR" "$((PORT + 1))" "$THREADS" \
                >"$TMP/$peer.log" 2>&1 & body="$TMP/one.npy"; lua="$TMP/post.lua"; ready=/health ;;
-    litserve) "$BENCH_VENV/bin/python" scripts/bench_peers/litserve_server.py "$DIR" "$((PORT + 1))" "$THREADS" \
+    litserve) setsid "$BENCH_VENV/bin/python" scripts/bench_peers/litserve_server.py "$DIR" "$((PORT + 1))" "$THREADS" \
                "$MAX_BATCH" "$LITSERVE_TIMEOUT_S" >"$TMP/$peer.log" 2>&1 & body="$TMP/one.json"; lua="$TMP/post_json.lua"; ready=/health ;;
     *) echo "bench_serve: unknown peer $peer" >&2; exit 1 ;;
   esac
@@ -113,13 +118,10 @@ for peer in $PEERS; do
     echo "$line" | python -c "import json,sys; d=json.loads(sys.stdin.read()); d.update(concurrency=$c, server='$peer'); print(json.dumps(d))" >> "$TMP/peers.jsonl"
     echo "bench_serve: $peer concurrency $c: $(tail -n1 "$TMP/peers.jsonl")"
   done
-  pkill -P "$PEER" 2>/dev/null || true; kill "$PEER" 2>/dev/null || true; wait "$PEER" 2>/dev/null || true
-  sleep 1
+  # The whole process group: LitServe runs its workers as child processes.
+  kill -- "-$PEER" 2>/dev/null || true; wait "$PEER" 2>/dev/null || true
+  while pgrep -g "$PEER" >/dev/null 2>&1; do sleep 0.2; done
 done
-
-SIZES="$(for c in $CONCURRENCY; do echo $(( c < MAX_BATCH ? c : MAX_BATCH )); done | sort -un | paste -sd,)"
-target/release/examples/bench_ort --model-dir "$DIR" --batch "$SIZES" --seconds "$SECONDS_EACH" \
-  --intra-threads "$THREADS" --device cpu > "$TMP/limit.jsonl"
 
 python - "$TMP/served.jsonl" "$TMP/limit.jsonl" "$OUT" "$MODEL" "$MAX_BATCH" "$TMP/peers.jsonl" <<'PY'
 import json, sys

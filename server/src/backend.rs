@@ -7,14 +7,13 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
 use vcl_contract::manifest::Manifest;
 use vcl_contract::runtime::{self, NamedOutput};
 
-use crate::batcher::{Batch, Readiness};
+use crate::batcher::{self, BatcherConfig, Queue, Readiness};
 use crate::error::ServerError;
 use crate::metrics as m;
 
@@ -115,17 +114,34 @@ pub struct WorkerConfig {
     pub n_rois: usize,
 }
 
+/// The backend thread's share of a model: its configuration, how batches form, the
+/// queue it takes them from, and the readiness it reports to.
+pub struct Worker {
+    pub cfg: WorkerConfig,
+    pub batching: BatcherConfig,
+    pub queue: Arc<Queue>,
+    pub ready: Arc<Readiness>,
+}
+
 /// Starts the backend thread: a warm-up inference (then the model is ready), then
 /// batches until the batcher is gone or the backend breaks.
 pub fn spawn_worker(
-    cfg: WorkerConfig,
+    w: Worker,
     backend: Box<dyn Backend>,
-    batches: Receiver<Batch>,
-    ready: Arc<Readiness>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name(format!("backend-{}", cfg.model))
-        .spawn(move || worker(&cfg, backend, &batches, &ready))
+        .name(format!("backend-{}", w.cfg.model))
+        .spawn(move || worker(&w, backend))
+}
+
+/// The backend stopped: whatever waits in the queue is answered 503 (and later pushes
+/// are refused, so answered 503 by the request).
+fn stop(w: &Worker) {
+    for e in w.queue.close_backend(&w.cfg.model) {
+        let _ = e
+            .reply
+            .send(Err(ServerError::NotReady(w.cfg.model.clone())));
+    }
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -144,12 +160,8 @@ fn guarded(
     catch_unwind(AssertUnwindSafe(|| backend.predict(n, pixels))).map_err(|p| panic_message(&*p))
 }
 
-fn worker(
-    cfg: &WorkerConfig,
-    mut backend: Box<dyn Backend>,
-    batches: &Receiver<Batch>,
-    ready: &Readiness,
-) {
+fn worker(w: &Worker, mut backend: Box<dyn Backend>) {
+    let (cfg, ready) = (&w.cfg, &w.ready);
     let t = Instant::now();
     let warm = vec![0.5f32; cfg.chw.iter().product()];
     match guarded(backend.as_mut(), 1, warm) {
@@ -160,16 +172,16 @@ fn worker(
         Ok(Err(e)) => {
             tracing::error!(model = %cfg.model, error = %e, "warm-up inference failed: the model stays not ready");
             ready.fail(format!("its warm-up inference failed: {e}"));
-            return;
+            return stop(w);
         }
         Err(p) => {
             tracing::error!(model = %cfg.model, panic = %p, "warm-up inference panicked");
             ready.fail(format!("its warm-up inference panicked: {p}"));
-            return;
+            return stop(w);
         }
     }
     let mut failures = 0;
-    for batch in batches {
+    while let Some(batch) = w.queue.take(&w.batching) {
         match execute(cfg, backend.as_mut(), batch) {
             Ok(()) => failures = 0,
             Err(Broken::Failed(e)) => {
@@ -180,14 +192,14 @@ fn worker(
                     ready.fail(format!(
                         "{failures} inferences in a row failed, the last with: {e}"
                     ));
-                    return;
+                    return stop(w);
                 }
             }
             Err(Broken::Panicked(p)) => {
                 m::backend_failure(&cfg.model, "panic");
                 tracing::error!(model = %cfg.model, panic = %p, "backend panicked: model marked failed");
                 ready.fail(format!("the backend panicked: {p}"));
-                return;
+                return stop(w);
             }
         }
     }
@@ -199,7 +211,11 @@ enum Broken {
 }
 
 /// Runs one batch and answers its entries.
-fn execute(cfg: &WorkerConfig, backend: &mut dyn Backend, batch: Batch) -> Result<(), Broken> {
+fn execute(
+    cfg: &WorkerConfig,
+    backend: &mut dyn Backend,
+    batch: batcher::Batch,
+) -> Result<(), Broken> {
     let start = Instant::now();
     let mut pixels = Vec::with_capacity(batch.entries.iter().map(|e| e.pixels.len()).sum());
     for e in &batch.entries {

@@ -1,22 +1,24 @@
-//! The batcher: one thread per model assembles batches from the model's queue and
-//! hands them to the model's backend thread ([`crate::backend::worker`]), which alone
-//! owns the session. Assembly overlaps inference, as in text-embeddings-inference's
-//! router: while the backend runs one batch, the next one grows here.
+//! The batcher: each model's queue, and the batches its backend thread
+//! ([`crate::backend::worker`], the only owner of the session) takes from it. Request
+//! handlers append entries as they come ([`Queue::push`]); the backend, whenever it is
+//! idle, takes everything that waits, up to `max_batch_size` images
+//! ([`Queue::take`]), dropping entries whose client left or whose deadline passed.
+//! Assembly overlaps inference, as in text-embeddings-inference's router: while the
+//! backend runs one batch, the next one grows in the queue.
 //!
-//! The hand-off is a rendezvous (a channel of capacity 0): a batch leaves only when the
-//! backend asks for work, and until then it keeps taking entries, up to
-//! `max_batch_size` images. A channel of capacity 1 would fix the next batch's size one
-//! inference early (whatever had queued when the slot emptied); the rendezvous costs a
-//! poll of at most [`HANDOFF_POLL`] while the backend is busy and nothing when it is
-//! idle. The first entry of a batch may wait `max_queue_delay` for others when the
-//! backend is idle (0 by default: see the config).
+//! Why no batcher thread between them: on a 2-core machine that thread had to be
+//! scheduled between the ONNX Runtime threads to move entries on, and the backend,
+//! done with a batch, found fewer of them than had arrived (mean batch 18 where the
+//! one-thread server formed 22 at concurrency 32; scripts/bench_serve.sh). A channel of
+//! capacity 1 would also fix a batch's size one inference early. With the queue, a
+//! batch is exactly what waited when the backend became free.
 //!
 //! Each entry carries its reply channel, enqueue time and deadline: entries whose
 //! client hung up are skipped and counted, expired ones answered 503.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -24,9 +26,6 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use crate::backend::Outputs;
 use crate::error::ServerError;
 use crate::metrics as m;
-
-/// How often a batch waiting for a busy backend checks whether it may go.
-pub const HANDOFF_POLL: Duration = Duration::from_micros(200);
 
 /// A chunk of one request: at most `max_batch_size` images.
 pub struct Entry {
@@ -46,6 +45,7 @@ pub struct Batch {
     pub size: usize,
 }
 
+#[derive(Clone)]
 pub struct BatcherConfig {
     pub model: String,
     pub max_batch_size: usize,
@@ -96,127 +96,112 @@ impl Readiness {
     }
 }
 
-/// Starts the model's batcher thread: it runs until every sender of `rx` is gone or
-/// the backend thread has stopped.
-pub fn spawn(
-    cfg: BatcherConfig,
-    rx: Receiver<Entry>,
-    to_backend: SyncSender<Batch>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("batcher-{}", cfg.model))
-        .spawn(move || run(&cfg, &rx, &to_backend))
+/// A model's queue: entries waiting for the backend.
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    /// An entry arrived, or the queue closed.
+    filled: Condvar,
 }
 
-fn run(cfg: &BatcherConfig, rx: &Receiver<Entry>, to_backend: &SyncSender<Batch>) {
-    let mut pending: Option<Entry> = None;
-    loop {
-        let first = match pending.take() {
-            Some(e) => e,
-            None => match rx.recv() {
-                Ok(e) => e,
-                Err(_) => break,
-            },
-        };
-        let Some(first) = admit(cfg, first) else {
-            continue;
-        };
-        let mut batch = Batch {
-            size: first.n,
-            entries: Vec::new(),
-        };
-        let flush_at = first.enqueued + cfg.max_queue_delay;
-        batch.entries.push(first);
-        // The queue delay: wait for company until `flush_at`.
-        while batch.size < cfg.max_batch_size && pending.is_none() {
+#[derive(Default)]
+struct QueueState {
+    entries: VecDeque<Entry>,
+    /// No more entries: the model is no longer served.
+    closed: bool,
+    /// No more inference: the backend stopped (failed).
+    backend_gone: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends an entry; gives it back when the backend has stopped (the caller answers
+    /// 503).
+    pub fn push(&self, model: &str, e: Entry) -> Result<(), Entry> {
+        let mut st = self.lock();
+        if st.backend_gone || st.closed {
+            return Err(e);
+        }
+        m::queue_depth(model, e.n as f64);
+        st.entries.push_back(e);
+        drop(st);
+        self.filled.notify_one();
+        Ok(())
+    }
+
+    /// Blocks until there is a batch to run and takes it: every waiting entry that
+    /// fits in `cfg.max_batch_size` images, in order. With a queue delay, a batch
+    /// smaller than that waits until its first entry is `delay` old. None once the
+    /// queue is closed and empty.
+    pub fn take(&self, cfg: &BatcherConfig) -> Option<Batch> {
+        let (max, delay) = (cfg.max_batch_size, cfg.max_queue_delay);
+        let mut st = self.lock();
+        loop {
+            let Some(first) = st.entries.front() else {
+                if st.closed {
+                    return None;
+                }
+                st = self.filled.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            };
+            let due = first.enqueued + delay;
             let now = Instant::now();
-            if now >= flush_at {
-                break;
+            let waiting: usize = st.entries.iter().map(|e| e.n).sum();
+            if !delay.is_zero() && waiting < max && now < due && !st.closed {
+                st = self
+                    .filled
+                    .wait_timeout(st, due - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
             }
-            match rx.recv_timeout(flush_at - now) {
-                Ok(e) => add(cfg, &mut batch, &mut pending, e),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        // The hand-off: grow while the backend is busy.
-        let mut batch = Some(batch);
-        while let Some(b) = batch.take() {
-            match to_backend.try_send(b) {
-                Ok(()) => {}
-                Err(TrySendError::Disconnected(b)) => {
-                    answer_all(b, || ServerError::NotReady(cfg.model.clone()));
-                    if let Some(p) = pending.take() {
-                        let _ = p.reply.send(Err(ServerError::NotReady(cfg.model.clone())));
-                    }
-                    drain(cfg, rx);
-                    return;
+            let mut batch = Batch {
+                entries: Vec::new(),
+                size: 0,
+            };
+            while let Some(e) = st.entries.front() {
+                if batch.size + e.n > max {
+                    break;
                 }
-                Err(TrySendError::Full(mut b)) => {
-                    prune(cfg, &mut b);
-                    if b.entries.is_empty() {
-                        break;
-                    }
-                    if b.size < cfg.max_batch_size && pending.is_none() {
-                        match rx.recv_timeout(HANDOFF_POLL) {
-                            Ok(e) => add(cfg, &mut b, &mut pending, e),
-                            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
-                        }
-                        batch = Some(b);
-                    } else if let Err(std::sync::mpsc::SendError(b)) = to_backend.send(b) {
-                        batch = Some(b);
-                    }
+                let Some(e) = st.entries.pop_front() else {
+                    break;
+                };
+                if let Some(e) = admit(cfg, e) {
+                    batch.size += e.n;
+                    batch.entries.push(e);
                 }
             }
+            if !batch.entries.is_empty() {
+                return Some(batch);
+            }
         }
     }
-    tracing::info!(model = %cfg.model, "batcher stopped");
-}
 
-/// Drops the entries of a waiting batch whose client left or whose deadline passed
-/// meanwhile (they would cost an inference nobody reads).
-fn prune(cfg: &BatcherConfig, b: &mut Batch) {
-    let entries = std::mem::take(&mut b.entries);
-    b.size = 0;
-    for e in entries {
-        // `admit` counts the entry out of the queue depth; it was counted out already.
-        m::queue_depth(&cfg.model, e.n as f64);
-        if let Some(e) = admit(cfg, e) {
-            b.size += e.n;
-            b.entries.push(e);
+    /// No more entries (the model was replaced or removed): the backend finishes what
+    /// waits, then stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.filled.notify_all();
+    }
+
+    /// The backend stopped: entries that wait are handed back (to be answered 503) and
+    /// later pushes refused.
+    pub fn close_backend(&self, model: &str) -> Vec<Entry> {
+        let mut st = self.lock();
+        st.backend_gone = true;
+        let left: Vec<Entry> = st.entries.drain(..).collect();
+        for e in &left {
+            m::queue_depth(model, -(e.n as f64));
         }
-    }
-}
-
-/// Adds `e` to the batch if it fits; otherwise it opens the next batch.
-fn add(cfg: &BatcherConfig, batch: &mut Batch, pending: &mut Option<Entry>, e: Entry) {
-    let Some(e) = admit(cfg, e) else {
-        return;
-    };
-    if batch.size + e.n > cfg.max_batch_size {
-        *pending = Some(e);
-    } else {
-        batch.size += e.n;
-        batch.entries.push(e);
-    }
-}
-
-fn answer_all(b: Batch, err: impl Fn() -> ServerError) {
-    for e in b.entries {
-        let _ = e.reply.send(Err(err()));
-    }
-}
-
-/// The backend is gone: every entry still queued, and every one that comes until the
-/// model is replaced, is answered 503.
-fn drain(cfg: &BatcherConfig, rx: &Receiver<Entry>) {
-    while let Ok(e) = rx.recv() {
-        m::queue_depth(&cfg.model, -(e.n as f64));
-        let _ = e.reply.send(Err(ServerError::NotReady(cfg.model.clone())));
+        left
     }
 }
 
 /// The entry, unless its client is gone (dropped, counted) or its deadline passed
-/// (answered 503).
+/// (answered 503); either way it leaves the queue depth.
 fn admit(cfg: &BatcherConfig, e: Entry) -> Option<Entry> {
     m::queue_depth(&cfg.model, -(e.n as f64));
     if e.reply.is_closed() {

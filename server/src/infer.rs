@@ -1,12 +1,11 @@
 //! The inference layer, free of HTTP: a [`Model`] is a served model's manifest and the
-//! handle on its two threads (batcher, backend). A request is first admitted
+//! handle on its queue and the backend thread that empties it. A request is first admitted
 //! ([`Model::admit`]: the queue capacity for all its images, or 429 at once), so that
 //! nothing costly (decoding) happens for a request the queue has no room for; then
 //! [`Model::run`] splits it into batch-sized entries, enqueues them and awaits their
 //! replies before the request's deadline.
 
 use std::path::PathBuf;
-use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,8 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use vcl_contract::manifest::Manifest;
 use vcl_contract::runtime::Provider;
 
-use crate::backend::{chw, spawn_worker, Backend, Outputs, WorkerConfig};
-use crate::batcher::{self, BatcherConfig, Entry, Readiness};
+use crate::backend::{chw, spawn_worker, Backend, Outputs, Worker, WorkerConfig};
+use crate::batcher::{BatcherConfig, Entry, Queue, Readiness};
 use crate::config::Config;
 use crate::decode::Preprocess;
 use crate::error::ServerError;
@@ -29,7 +28,7 @@ pub struct Model {
     pub dir: PathBuf,
     /// How the images of a request become input (from the manifest).
     pub preprocess: Preprocess,
-    tx: Sender<Entry>,
+    queue: Arc<Queue>,
     permits: Arc<Semaphore>,
     ready: Arc<Readiness>,
     max_batch_size: usize,
@@ -59,36 +58,28 @@ impl Model {
         backend: Box<dyn Backend>,
         cfg: &Config,
     ) -> Result<Self, ServerError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (to_backend, batches) = std::sync::mpsc::sync_channel(0);
+        let queue = Arc::new(Queue::default());
         let ready = Arc::new(Readiness::default());
         let name = manifest.model.name.clone();
-        let thread_err = |e: std::io::Error| {
-            ServerError::Repository(format!("{name}: cannot start its threads: {e}"))
-        };
-        spawn_worker(
-            WorkerConfig {
+        let worker = Worker {
+            cfg: WorkerConfig {
                 model: name.clone(),
                 chw: chw(&manifest),
                 n_voxels: manifest.n_voxels(),
                 n_rois: manifest.rois.len(),
             },
-            backend,
-            batches,
-            ready.clone(),
-        )
-        .map_err(thread_err)?;
-        batcher::spawn(
-            BatcherConfig {
+            batching: BatcherConfig {
                 model: name.clone(),
                 max_batch_size: cfg.max_batch_size,
                 max_queue_delay: cfg.queue_delay(),
                 timeout_ms: cfg.request_timeout_ms,
             },
-            rx,
-            to_backend,
-        )
-        .map_err(thread_err)?;
+            queue: queue.clone(),
+            ready: ready.clone(),
+        };
+        spawn_worker(worker, backend).map_err(|e| {
+            ServerError::Repository(format!("{name}: cannot start its backend thread: {e}"))
+        })?;
         m::model_info(
             &name,
             manifest.model.version,
@@ -101,7 +92,7 @@ impl Model {
             provider: origin.provider,
             versions: origin.versions,
             dir: origin.dir,
-            tx,
+            queue,
             permits: Arc::new(Semaphore::new(cfg.max_queue_length)),
             ready,
             max_batch_size: cfg.max_batch_size,
@@ -255,17 +246,15 @@ impl Model {
                 return Err(ServerError::Inference("queue capacity accounting".into()));
             };
             let (reply, rx) = oneshot::channel();
-            m::queue_depth(self.name(), k as f64);
-            let sent = self.tx.send(Entry {
+            let entry = Entry {
                 n: k,
                 pixels: chunk.to_vec(),
                 enqueued,
                 deadline,
                 reply,
                 permit: part,
-            });
-            if sent.is_err() {
-                m::queue_depth(self.name(), -(k as f64));
+            };
+            if self.queue.push(self.name(), entry).is_err() {
                 return Err(ServerError::NotReady(self.name().to_string()));
             }
             replies.push(rx);
@@ -294,5 +283,13 @@ pub fn provider_name(p: Provider) -> &'static str {
     match p {
         Provider::Cuda => "cuda",
         Provider::Cpu => "cpu",
+    }
+}
+
+impl Drop for Model {
+    /// The last holder is gone (a reload replaced the version, and its requests are
+    /// done): the backend thread finishes and stops.
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }

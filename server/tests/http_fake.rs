@@ -881,13 +881,17 @@ async fn predictions_keep_flowing_while_a_reload_swaps_versions() {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    // Four clients post without pause while versions 2..=6 swap in one after another.
+    // Four clients post without pause while versions 2..=6 swap in one after another;
+    // each has had an answer from version 1 before the first swap.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Arc::new(std::sync::Barrier::new(5));
     let clients: Vec<_> = (0..4)
         .map(|_| {
             let stop = stop.clone();
+            let started = started.clone();
             std::thread::spawn(move || {
-                let mut seen = Vec::new();
+                let mut seen = vec![blocking_predict(addr)];
+                started.wait();
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let v = blocking_predict(addr);
                     seen.push(v);
@@ -896,6 +900,7 @@ async fn predictions_keep_flowing_while_a_reload_swaps_versions() {
             })
         })
         .collect();
+    started.wait();
     for version in 2..=6 {
         testing::write_version(root, "m", version, SIZE, ROIS, b"v");
         let r = live.reload().unwrap();
