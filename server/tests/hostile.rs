@@ -47,6 +47,45 @@ fn http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
     (status, out[split..].to_vec())
 }
 
+/// Requests on one kept-alive connection: (status, body) each.
+struct KeepAlive(std::io::BufReader<TcpStream>);
+
+impl KeepAlive {
+    fn new(addr: SocketAddr) -> Self {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        KeepAlive(std::io::BufReader::new(s))
+    }
+
+    fn send(&mut self, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use std::io::BufRead;
+        let req = format!(
+            "{head}\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let s = self.0.get_mut();
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        let status = line[9..12].parse().unwrap();
+        let mut len = 0;
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut out = vec![0; len];
+        self.0.read_exact(&mut out).unwrap();
+        (status, out)
+    }
+}
+
 const BOUNDARY: &str = "hostile-boundary";
 
 fn multipart(files: &[&[u8]]) -> Vec<u8> {
@@ -208,11 +247,12 @@ fn hostile_clients_get_bounded_answers() {
     let metrics_len = || http(addr, "GET /metrics HTTP/1.1", b"").1.len();
     let (_, _) = http(addr, "POST /v1/models/nope-0/predict HTTP/1.1", b"{}");
     let before = metrics_len();
+    let mut conn = KeepAlive::new(addr);
     for i in 0..2000 {
-        let (s, _) = http(
-            addr,
+        let (s, _) = conn.send(
             &format!("POST /v1/models/nope-{i}/predict HTTP/1.1\r\nContent-Type: application/json"),
-            b"{}",
+            // No body: a 404 answered before a body is read closes the connection.
+            b"",
         );
         assert_eq!(s, 404);
     }
