@@ -63,6 +63,25 @@ pub const SECONDS_BUCKETS: &[f64] = &[
 ];
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// How often [`spawn_upkeep`] drains the recorder.
+pub const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Drains the recorder's histogram samples into their buckets every `period`, from a
+/// thread of its own. The exporter keeps every raw sample until a render or an upkeep
+/// folds it in: without this, a server nobody scrapes grows by every request's samples
+/// (a 50-minute soak at 132 req/s grew RSS by 31 MB, linearly).
+pub fn spawn_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    period: std::time::Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            handle.run_upkeep();
+        })
+}
+
 /// A Prometheus recorder with this server's buckets, built (not installed).
 pub fn prometheus_builder() -> metrics_exporter_prometheus::PrometheusBuilder {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};

@@ -39,6 +39,8 @@ async fn main() -> Result<()> {
         .install_recorder()
         .context("installing the Prometheus recorder")?;
     vcl_server::metrics::describe();
+    vcl_server::metrics::spawn_upkeep(handle.clone(), vcl_server::metrics::UPKEEP)
+        .context("starting the metrics upkeep thread")?;
     let rt = repository::runtime(&cfg)?;
     let live = Arc::new(Live::load(&cfg, repository::ort_opener(&cfg, rt)?)?);
     let poll = (cfg.poll_interval_s > 0).then(|| Duration::from_secs(cfg.poll_interval_s));
