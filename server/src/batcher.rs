@@ -54,7 +54,7 @@ pub struct BatcherConfig {
 }
 
 /// A model's health: warming up, ready, or failed (warm-up failed, or the backend
-/// panicked or kept failing), with the reason. Set by the batcher and the backend,
+/// panicked or kept failing), with the reason. Set by the backend thread,
 /// read by requests, readiness probes and reloads (which reopen failed models).
 #[derive(Debug, Default)]
 pub struct Readiness {

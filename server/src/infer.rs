@@ -51,7 +51,7 @@ pub struct Admission {
 }
 
 impl Model {
-    /// Starts the model's batcher and backend threads (the backend warms up first).
+    /// Starts the model's backend thread (which warms up first), announced in the metrics.
     pub fn spawn(
         manifest: Manifest,
         origin: Origin,
@@ -80,13 +80,8 @@ impl Model {
         spawn_worker(worker, backend).map_err(|e| {
             ServerError::Repository(format!("{name}: cannot start its backend thread: {e}"))
         })?;
-        m::model_info(
-            &name,
-            manifest.model.version,
-            provider_name(origin.provider),
-        );
         m::queue_depth(&name, 0.0);
-        Ok(Model {
+        let model = Model {
             preprocess: Preprocess::of(&manifest.input),
             manifest,
             provider: origin.provider,
@@ -98,11 +93,13 @@ impl Model {
             max_batch_size: cfg.max_batch_size,
             max_request_images: cfg.max_request_images,
             timeout: cfg.request_timeout(),
-        })
+        };
+        model.announce();
+        Ok(model)
     }
 
-    /// Marks this version as no longer served in the metrics (its threads stop by
-    /// themselves once the last request holding it is done).
+    /// Marks this version as no longer served in the metrics (its backend thread stops
+    /// by itself once the last request holding it is done).
     pub fn retire(&self) {
         m::model_retired(
             self.name(),

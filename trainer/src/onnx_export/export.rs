@@ -718,7 +718,8 @@ fn publish_all(staged: Vec<Staged>) -> Result<Vec<ExportedModel>, ExportError> {
         let published = contract_repo::publish(&tmp, &s.staging.model_dir, |v| {
             m.model.version = v;
             m.write(&tmp)?;
-            Manifest::load(&tmp).map(|_| ())
+            // The model file was hashed and checked at staging; only the manifest is new.
+            Manifest::read(&tmp.join(contract::MANIFEST_FILE)).map(|_| ())
         });
         let (version, dir) = match published {
             Ok(p) => p,
