@@ -16,6 +16,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY build-support build-support
 COPY contract contract
+COPY dataset dataset
 COPY server server
 COPY trainer trainer
 COPY tests tests

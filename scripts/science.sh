@@ -28,9 +28,9 @@ VCL=target/release/vcl
 mkdir -p "$OUT"
 log() { echo "science: $*" >&2; }
 
-fit() {  # fit <label> <subject> <weights> <out>
+fit() {  # fit <label> <subject> <weights> <out>; the label starts with the method (cl-augment)
   $VCL fit --data "$DATA" --subjects "$2" --hemispheres lh --rois "$FIT_ROIS" \
-    --input-size "$SIZE" --weights "$3" --method "$1" --out "$4" --evaluate
+    --input-size "$SIZE" --weights "$3" --method "${1%%-*}" --label "$1" --out "$4" --evaluate
 }
 tune() {  # tune <method> <subject> <out> [extra finetune flags]
   local method="$1" s="$2" out="$3"; shift 3

@@ -3,33 +3,22 @@
 //! (left hemisphere: right half), on the upper half for ventral and the lower half for
 //! dorsal areas, and changes sides relative to the content when the image is mirrored.
 
-use vcl_trainer::algonauts::Hemisphere;
-use vcl_trainer::analysis::{lateralization, LateralizationConfig};
+use std::ffi::OsStr;
+use vcl_dataset::algonauts::Hemisphere;
+use vcl_dataset::paths;
+use vcl_trainer::analysis::{lateralization, LateralizationConfig, MiConfig};
 use vcl_trainer::backbones::{Arch, Device};
-use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
-use vcl_trainer::{paths, ridge};
+use vcl_trainer::config::from_flags;
+use vcl_trainer::encoding::{self, FitConfig, Method};
 
 /// An untuned 64 px fit of subj01's left V1 at features.6, per-voxel ridge, a quarter
 /// held out: what each test changes a field of.
 fn untuned_fit(data: std::path::PathBuf) -> FitConfig {
     FitConfig {
-        data_dir: data,
-        subjects: vec!["subj01".into()],
         hemispheres: vec![Hemisphere::Left],
         rois: vec!["V1".into()],
-        arch: Arch::MobileNetV2,
-        weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
         taps: vec!["features.6".into()],
-        input_size: 64,
-        pca_components: 1000,
-        alphas: ridge::default_alphas(),
-        folds: 5,
-        alpha_mode: AlphaMode::Voxel,
-        heldout_fraction: 0.25,
-        split_seed: 0,
-        max_feature_dim: Some(8192),
-        batch_size: 16,
-        method: "untuned".into(),
+        ..vcl_tests::fit_config(&data)
     }
 }
 
@@ -39,7 +28,7 @@ fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
     // One demo-preset subject at 64 px: 680 training images. (On the tiny preset's 36
     // the ridge readout is a mix of the training images' own feature maps and its
     // saliency does not show the receptive fields: indices of +-0.01.)
-    let (_data_dir, data) = vcl_tests::preset_dataset(vcl_trainer::synth::Preset::Demo, 3, 1);
+    let (_data_dir, data) = vcl_tests::preset_dataset(vcl_dataset::synth::Preset::Demo, 3, 1);
     let run = dir.path().join("fit");
     let cfg = FitConfig {
         hemispheres: vec![Hemisphere::Left, Hemisphere::Right],
@@ -107,11 +96,11 @@ fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
 
 #[test]
 fn mi_probe_and_landscape_of_tuned_and_frozen_runs() {
-    use vcl_trainer::finetune::{self, FinetuneConfig, Method};
+    use vcl_trainer::finetune::{self, FinetuneConfig, Objective};
     let dir = tempfile::tempdir().unwrap();
     let (_data_dir, data) = vcl_tests::tiny_dataset(9, 1);
     let cache = dir.path().join("cache");
-    let run = |name: &str, method: Method, freeze: &[&str]| {
+    let run = |name: &str, method: Objective, freeze: &[&str]| {
         let mut cfg = FinetuneConfig::new(
             method,
             data.clone(),
@@ -120,18 +109,22 @@ fn mi_probe_and_landscape_of_tuned_and_frozen_runs() {
             "V1".into(),
         );
         cfg.input_size = 64;
-        cfg.epochs = 1;
+        cfg.epochs = Some(1);
         cfg.batch_size = 16;
         cfg.freeze = freeze.iter().map(|s| s.to_string()).collect();
         let out = dir.path().join(name);
         finetune::finetune(&cfg, &out, false, &cache, Device::Cpu).unwrap();
         out
     };
-    let tuned = run("cl", Method::Cl, &[]);
-    let frozen = run("cl-frozen", Method::Cl, &["features", "classifier"]);
+    let tuned = run("cl", Objective::Cl, &[]);
+    let frozen = run("cl-frozen", Objective::Cl, &["features", "classifier"]);
     let out = dir.path().join("mi");
     let runs = [tuned.clone(), frozen.clone()];
-    let r = vcl_trainer::analysis::mi(&runs, &out, &cache, Device::Cpu).unwrap();
+    let mi_cfg = MiConfig {
+        runs: runs.to_vec(),
+        out: out.clone(),
+    };
+    let r = vcl_trainer::analysis::mi(&mi_cfg, &cache, Device::Cpu).unwrap();
     assert_eq!(r.len(), 2);
     for m in &r {
         // tiny: 48 training images, 15% (7) held out and never seen by fine-tuning.
@@ -150,8 +143,12 @@ fn mi_probe_and_landscape_of_tuned_and_frozen_runs() {
     probe_and_landscape(&runs, dir.path());
 
     // A regression run has no contrastive heads: refused, naming the run.
-    let reg = run("reg", Method::Regression, &[]);
-    let e = vcl_trainer::analysis::mi(std::slice::from_ref(&reg), &out, &cache, Device::Cpu)
+    let reg = run("reg", Objective::Regression, &[]);
+    let mi_cfg = MiConfig {
+        runs: vec![reg.clone()],
+        out: out.clone(),
+    };
+    let e = vcl_trainer::analysis::mi(&mi_cfg, &cache, Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(
@@ -174,7 +171,9 @@ fn probe_and_landscape(runs: &[std::path::PathBuf], dir: &std::path::Path) {
     let classes = photos.classes;
     assert!(classes >= 8, "{classes} photos");
     let out = dir.join("probe");
-    let r = probe::probe(&models[..2], &[faces, photos], None, 3, &out, Device::Cpu).unwrap();
+    let cfg: probe::ProbeConfig =
+        from_flags([OsStr::new("--folds=3"), "--out".as_ref(), out.as_ref()]).unwrap();
+    let r = probe::probe(&models[..2], &[faces, photos], &cfg, Device::Cpu).unwrap();
     assert_eq!(r.len(), 4);
     // ImageNet features tell faces from non-faces, and which photo a crop came from,
     // far above chance.
@@ -190,7 +189,11 @@ fn probe_and_landscape(runs: &[std::path::PathBuf], dir: &std::path::Path) {
         assert!(out.join(f).is_file(), "{f}");
     }
     // A tap the architecture lacks is refused by name.
-    let e = probe::probe(&models[..1], &[], Some("layer4"), 3, &out, Device::Cpu)
+    let cfg = probe::ProbeConfig {
+        tap: Some("layer4".into()),
+        ..cfg
+    };
+    let e = probe::probe(&models[..1], &[], &cfg, Device::Cpu)
         .unwrap_err()
         .to_string();
     assert!(e.contains("layer4"), "{e}");
@@ -243,35 +246,41 @@ fn chromium() -> Option<std::path::PathBuf> {
 
 #[test]
 fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
-    use vcl_trainer::finetune::{self, FinetuneConfig, Method};
+    use vcl_trainer::finetune::{self, FinetuneConfig, Objective};
     let dir = tempfile::tempdir().unwrap();
     let (_data_dir, data) = vcl_tests::tiny_dataset(4, 1);
     let runs = dir.path().join("runs");
     let cache = dir.path().join("cache");
-    let fit_cfg = |weights: std::path::PathBuf, method: &str| FitConfig {
-        weights,
-        method: method.into(),
+    let fit_cfg = |weights: std::path::PathBuf, method: Method| FitConfig {
+        weights: Some(weights),
+        method,
         ..untuned_fit(data.clone())
     };
     let untuned = runs.join("untuned");
     let weights = paths::weights_dir().join("mobilenet_v2.safetensors");
-    encoding::fit(&fit_cfg(weights, "untuned"), &untuned, &cache, Device::Cpu).unwrap();
+    encoding::fit(
+        &fit_cfg(weights, Method::Untuned),
+        &untuned,
+        &cache,
+        Device::Cpu,
+    )
+    .unwrap();
     encoding::evaluate(&untuned, &cache, Device::Cpu).unwrap();
     let mut ft = FinetuneConfig::new(
-        Method::Cl,
+        Objective::Cl,
         data.clone(),
         vec!["subj01".into()],
         Hemisphere::Left,
         "V1".into(),
     );
     ft.input_size = 64;
-    ft.epochs = 1;
+    ft.epochs = Some(1);
     ft.batch_size = 16;
     let cl = runs.join("cl");
     let tuned = finetune::finetune(&ft, &cl, false, &cache, Device::Cpu).unwrap();
     let cl_fit = runs.join("cl-fit");
     encoding::fit(
-        &fit_cfg(tuned.backbone.unwrap(), "cl"),
+        &fit_cfg(tuned.backbone.unwrap(), Method::Cl),
         &cl_fit,
         &cache,
         Device::Cpu,
@@ -285,13 +294,11 @@ fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
         ..LateralizationConfig::new(untuned, runs.join("lateralization"))
     };
     lateralization(&lat, Device::Cpu).unwrap();
-    vcl_trainer::analysis::mi(
-        std::slice::from_ref(&cl),
-        &runs.join("mi"),
-        &cache,
-        Device::Cpu,
-    )
-    .unwrap();
+    let mi_cfg = MiConfig {
+        runs: vec![cl.clone()],
+        out: runs.join("mi"),
+    };
+    vcl_trainer::analysis::mi(&mi_cfg, &cache, Device::Cpu).unwrap();
 
     let out = runs.join("report");
     let r = vcl_trainer::report::report(&runs, &out).unwrap();

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ndarray::Array2;
+use vcl_dataset::algonauts::{Dataset, Hemisphere};
+use vcl_dataset::npy;
 use vcl_tests::{run_python, vcl};
-use vcl_trainer::algonauts::{Dataset, Hemisphere};
 use vcl_trainer::images::PixelCache;
-use vcl_trainer::npy;
 
 /// One tiny in-silico dataset per test process (synthesized by the library).
 fn tiny() -> &'static Path {
@@ -130,7 +130,7 @@ fn inspect_prints_a_summary() {
     assert_eq!(v["subjects"].as_array().unwrap().len(), 2);
 }
 
-fn err_text<T: std::fmt::Debug>(r: Result<T, vcl_trainer::DataError>) -> String {
+fn err_text<T: std::fmt::Debug>(r: Result<T, vcl_dataset::DataError>) -> String {
     r.expect_err("bad input must be an error").to_string()
 }
 

@@ -5,11 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use vcl_dataset::paths;
 use vcl_tests::vcl;
-use vcl_trainer::algonauts::Hemisphere;
-use vcl_trainer::backbones::{Arch, Device};
+use vcl_trainer::backbones::Device;
 use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
-use vcl_trainer::{paths, ridge};
 
 fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
@@ -18,28 +17,14 @@ fn tiny() -> &'static Path {
 
 fn config(data: &Path) -> FitConfig {
     FitConfig {
-        data_dir: data.to_path_buf(),
-        subjects: vec!["subj01".into()],
-        hemispheres: vec![Hemisphere::Left, Hemisphere::Right],
         rois: vec![
             "V1".into(),
             "V2v+V2d".into(),
             "early".into(),
             "floc-faces".into(),
         ],
-        arch: Arch::MobileNetV2,
-        weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
         taps: vec!["features.3".into(), "features.6".into(), "avgpool".into()],
-        input_size: 64,
-        pca_components: 1000,
-        alphas: ridge::default_alphas(),
-        folds: 5,
-        alpha_mode: AlphaMode::Voxel,
-        heldout_fraction: 0.25,
-        split_seed: 0,
-        max_feature_dim: Some(8192),
-        batch_size: 16,
-        method: "untuned".into(),
+        ..vcl_tests::fit_config(data)
     }
 }
 

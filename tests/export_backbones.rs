@@ -5,16 +5,17 @@
 //! written file gives vcl's (libtorch's) numbers; so does ONNX Runtime from Rust.
 
 use ndarray::{Array2, Array4};
+use vcl_dataset::{npy, paths};
 use vcl_tests::run_python;
 use vcl_trainer::backbones::{Arch, Backbone, Device};
 use vcl_trainer::features::Pooling;
+use vcl_trainer::images;
 use vcl_trainer::onnx_export::contract::runtime::{self, Runtime};
 use vcl_trainer::onnx_export::{
     build_model, predict_libtorch, verify_with_ort, EncoderSet, ExportOptions, RoiHead,
     TapProjection,
 };
 use vcl_trainer::ridge::{Kind, Tensor};
-use vcl_trainer::{images, npy, paths};
 
 /// Deterministic values in [-1, 1) (a 64-bit LCG): no global RNG, so parallel tests
 /// cannot disturb each other.

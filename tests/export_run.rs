@@ -8,15 +8,15 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ndarray::{Array2, Array4};
+use vcl_dataset::algonauts::Dataset;
+use vcl_dataset::npy;
 use vcl_tests::run_python;
-use vcl_trainer::algonauts::{Dataset, Hemisphere};
-use vcl_trainer::backbones::{Arch, Device};
-use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
+use vcl_trainer::backbones::Device;
+use vcl_trainer::encoding::{self, FitConfig};
 use vcl_trainer::onnx_export::contract::manifest::{self, Manifest, Method};
 use vcl_trainer::onnx_export::contract::runtime;
 use vcl_trainer::onnx_export::{export, heldout_images, load_run, predict_libtorch, ExportOptions};
 use vcl_trainer::ridge::{Kind, Tensor};
-use vcl_trainer::{npy, paths, ridge};
 
 fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
@@ -25,24 +25,11 @@ fn tiny() -> &'static Path {
 
 fn config(rois: &[&str], taps: &[&str]) -> FitConfig {
     FitConfig {
-        data_dir: tiny().to_path_buf(),
-        subjects: vec!["subj01".into()],
-        hemispheres: vec![Hemisphere::Left, Hemisphere::Right],
         rois: rois.iter().map(|s| s.to_string()).collect(),
-        arch: Arch::MobileNetV2,
-        weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
         taps: taps.iter().map(|s| s.to_string()).collect(),
-        input_size: 64,
-        pca_components: 1000,
-        alphas: ridge::default_alphas(),
-        folds: 5,
-        alpha_mode: AlphaMode::Voxel,
-        heldout_fraction: 0.25,
-        split_seed: 0,
-        // features.6 at 64 px is 32x8x8 = 2048 > 1000: pooled to 5x5 (uneven bins).
+        // Small models: the export tests write several.
         max_feature_dim: Some(1000),
-        batch_size: 16,
-        method: "untuned".into(),
+        ..vcl_tests::fit_config(tiny())
     }
 }
 
@@ -283,7 +270,7 @@ fn versions_count_up_and_tuned_runs_export_one_model_per_roi() {
     std::fs::write(&fit_json, text.replace("\"untuned\"", "\"imagenet-ish\"")).unwrap();
     let e = export(&run, repo.path(), &opts).unwrap_err().to_string();
     assert!(
-        e.contains("imagenet-ish") && e.contains("fit.json") && e.contains("untuned, regression"),
+        e.contains("imagenet-ish") && e.contains("fit.json") && e.contains("`untuned`, `regression`"),
         "{e}"
     );
 }

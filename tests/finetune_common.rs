@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use vcl_trainer::algonauts::Hemisphere;
-use vcl_trainer::finetune::{FinetuneConfig, Method};
+use vcl_dataset::algonauts::Hemisphere;
+use vcl_trainer::finetune::{FinetuneConfig, Objective};
 
 /// Tiny preset, 2 subjects: 48 training images of 64 px each.
 pub fn tiny() -> &'static Path {
@@ -16,7 +16,7 @@ pub fn tiny() -> &'static Path {
 }
 
 /// The paper's recipe shrunk to seconds: 64 px, batch 8, real MobileNetV2 weights.
-pub fn small_config(method: Method, subjects: &[&str], epochs: usize) -> FinetuneConfig {
+pub fn small_config(method: Objective, subjects: &[&str], epochs: usize) -> FinetuneConfig {
     let mut cfg = FinetuneConfig::new(
         method,
         tiny().to_path_buf(),
@@ -26,7 +26,7 @@ pub fn small_config(method: Method, subjects: &[&str], epochs: usize) -> Finetun
     );
     cfg.input_size = 64;
     cfg.batch_size = 8;
-    cfg.epochs = epochs;
+    cfg.epochs = Some(epochs);
     cfg.seed = 3;
     cfg
 }

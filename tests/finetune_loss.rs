@@ -2,9 +2,10 @@
 //! backbone's first convolution.
 
 use tch::{Device, Kind, Tensor};
+use vcl_dataset::algonauts::Hemisphere;
 use vcl_trainer::backbones::{Arch, Backbone, IMAGENET_CLASSES};
 use vcl_trainer::finetune::{
-    info_nce, mi_lower_bound, Adam, AdamConfig, ClDims, ClLoss, ContrastiveHeads,
+    info_nce, mi_lower_bound, Adam, AdamConfig, ClDims, ContrastiveHeads, FinetuneConfig, Objective,
 };
 
 fn t(rows: &[[f32; 2]]) -> Tensor {
@@ -69,12 +70,14 @@ fn one_step_changes_the_first_convolution() {
         &dims,
         IMAGENET_CLASSES,
         &["subj01".to_string()],
-        ClLoss {
-            tau: 0.3,
-            learnable_tau: false,
-            symmetric: false,
-        },
-        0,
+        // The paper's loss (tau 0.3, image-anchored, fixed temperature), seed 0.
+        &FinetuneConfig::new(
+            Objective::Cl,
+            "unused".into(),
+            vec!["1".into()],
+            Hemisphere::Left,
+            "V1v".into(),
+        ),
     );
     let mut params: Vec<(String, Tensor)> = backbone
         .var_store()

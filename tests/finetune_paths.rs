@@ -7,13 +7,13 @@ mod common;
 use std::collections::HashMap;
 
 use vcl_trainer::backbones::{Backbone, Device};
-use vcl_trainer::finetune::{self, Method};
+use vcl_trainer::finetune::{self, Objective};
 
 #[test]
 fn pooled_contrastive_model_trains_on_two_subjects() {
     let cache = tempfile::tempdir().unwrap();
     let run = tempfile::tempdir().unwrap();
-    let mut cfg = common::small_config(Method::Cl, &["1", "subj02"], 1);
+    let mut cfg = common::small_config(Objective::Cl, &["1", "subj02"], 1);
     cfg.roi = "early".into();
     // Batches of 8 through the backbone 3 images at a time (the loss still sees 8).
     cfg.micro_batch = Some(3);
@@ -71,7 +71,7 @@ fn pooled_contrastive_model_trains_on_two_subjects() {
 fn regression_baseline_trains_and_respects_frozen_layers() {
     let cache = tempfile::tempdir().unwrap();
     let run = tempfile::tempdir().unwrap();
-    let mut cfg = common::small_config(Method::Regression, &["subj01"], 2);
+    let mut cfg = common::small_config(Objective::Regression, &["subj01"], 2);
     cfg.freeze = vec!["features.0..features.3".into()];
     let s = finetune::finetune(&cfg, run.path(), false, cache.path(), Device::Cpu).unwrap();
     assert!(s.completed && s.history.len() == 2 && s.dims.is_none());
@@ -82,7 +82,7 @@ fn regression_baseline_trains_and_respects_frozen_layers() {
     let csv = std::fs::read_to_string(run.path().join("history.csv")).unwrap();
     assert!(csv.starts_with("epoch,train_loss,val_loss,val_mi_bound,images_per_s"));
 
-    let initial = Backbone::load(cfg.arch, &cfg.weights, Device::Cpu).unwrap();
+    let initial = Backbone::load(cfg.arch, &cfg.weights(), Device::Cpu).unwrap();
     let tuned = Backbone::load(
         cfg.arch,
         &run.path().join("backbone.safetensors"),
@@ -103,7 +103,7 @@ fn regression_baseline_trains_and_respects_frozen_layers() {
     // Everything frozen, in micro-batches: only the heads learn (the untuned
     // backbone's MI bound), and the backbone, batch-norm statistics included, is the
     // one loaded.
-    let mut heads_only = common::small_config(Method::Cl, &["subj01"], 1);
+    let mut heads_only = common::small_config(Objective::Cl, &["subj01"], 1);
     heads_only.freeze = vec!["features".into(), "classifier".into()];
     heads_only.micro_batch = Some(6);
     let frozen_run = tempfile::tempdir().unwrap();
@@ -144,7 +144,7 @@ fn regression_baseline_trains_and_respects_frozen_layers() {
 fn contrastive_heads_on_a_tap_tune_only_the_layers_before_it() {
     let cache = tempfile::tempdir().unwrap();
     let run = tempfile::tempdir().unwrap();
-    let mut cfg = common::small_config(Method::Cl, &["subj01"], 2);
+    let mut cfg = common::small_config(Objective::Cl, &["subj01"], 2);
     cfg.batch_size = 16;
     cfg.image_tap = Some("features.6".into());
     let s = finetune::finetune(&cfg, run.path(), false, cache.path(), Device::Cpu).unwrap();
@@ -162,7 +162,7 @@ fn contrastive_heads_on_a_tap_tune_only_the_layers_before_it() {
     let h = s.dims.as_ref().expect("CL has dims").h;
     assert_eq!(l.tensors["heads.image_map.weight"].size(), vec![h, 32]);
 
-    let initial = Backbone::load(cfg.arch, &cfg.weights, Device::Cpu).unwrap();
+    let initial = Backbone::load(cfg.arch, &cfg.weights(), Device::Cpu).unwrap();
     let tuned = Backbone::load(
         cfg.arch,
         &run.path().join("backbone.safetensors"),
@@ -191,7 +191,7 @@ fn contrastive_heads_on_a_tap_tune_only_the_layers_before_it() {
 
     // The micro-batched (GradCache) passes read the same tap.
     let mut micro = cfg.clone();
-    micro.epochs = 1;
+    micro.epochs = Some(1);
     micro.micro_batch = Some(6);
     let other = tempfile::tempdir().unwrap();
     let m = finetune::finetune(&micro, other.path(), false, cache.path(), Device::Cpu).unwrap();

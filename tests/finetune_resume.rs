@@ -9,7 +9,7 @@ use std::path::Path;
 
 use vcl_trainer::backbones::{Backbone, Device};
 use vcl_trainer::finetune::{
-    self, checkpoint, finetune_with, FinetuneError, Hooks, Method, RunOptions,
+    self, checkpoint, finetune_with, FinetuneError, Hooks, Objective, RunOptions,
 };
 
 fn opts<'a>(run: &'a Path, cache: &'a Path, resume: bool, hooks: Hooks) -> RunOptions<'a> {
@@ -25,7 +25,7 @@ fn opts<'a>(run: &'a Path, cache: &'a Path, resume: bool, hooks: Hooks) -> RunOp
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     let cache = tempfile::tempdir().unwrap();
-    let cfg = common::small_config(Method::Cl, &["subj01"], 3);
+    let cfg = common::small_config(Objective::Cl, &["subj01"], 3);
 
     let whole = tempfile::tempdir().unwrap();
     let a = finetune::finetune(&cfg, whole.path(), false, cache.path(), Device::Cpu).unwrap();
@@ -78,7 +78,7 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     )
     .unwrap();
     assert_eq!(tuned.weights_hash(), a.backbone_hash);
-    let initial = Backbone::load(cfg.arch, &cfg.weights, Device::Cpu).unwrap();
+    let initial = Backbone::load(cfg.arch, &cfg.weights(), Device::Cpu).unwrap();
     assert_ne!(initial.weights_hash(), a.backbone_hash);
     // Only the newest checkpoints are kept.
     assert!(checkpoint::list(whole.path()).unwrap().len() <= 2);
@@ -88,7 +88,7 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
 fn a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let cache = tempfile::tempdir().unwrap();
     let run = tempfile::tempdir().unwrap();
-    let cfg = common::small_config(Method::Cl, &["subj01"], 3);
+    let cfg = common::small_config(Objective::Cl, &["subj01"], 3);
     let hooks = Hooks {
         nan_loss_at: Some((2, 3)),
         ..Hooks::default()

@@ -17,11 +17,9 @@ use vcl_server::repository::{self, Live};
 use vcl_server::runtime::DeviceChoice;
 use vcl_server::Config;
 use vcl_tests::{python, run_python, serve_bin};
-use vcl_trainer::algonauts::Hemisphere;
-use vcl_trainer::backbones::{Arch, Device};
-use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
+use vcl_trainer::backbones::Device;
+use vcl_trainer::encoding::{self, FitConfig};
 use vcl_trainer::onnx_export::{export, ExportOptions};
-use vcl_trainer::{paths, ridge};
 
 /// The tiny fit's repository, made once per test process under target/tmp; each test
 /// copies what it changes.
@@ -41,23 +39,10 @@ fn exported(dir: &Path) -> PathBuf {
     let (_data_dir, data) = vcl_tests::tiny_dataset(11, 1);
     let run = dir.join("run");
     let cfg = FitConfig {
-        data_dir: data,
-        subjects: vec!["subj01".into()],
-        hemispheres: vec![Hemisphere::Left, Hemisphere::Right],
         rois: vec!["V1".into(), "early".into()],
-        arch: Arch::MobileNetV2,
-        weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
         taps: vec!["features.6".into()],
-        input_size: 64,
-        pca_components: 1000,
-        alphas: ridge::default_alphas(),
-        folds: 5,
-        alpha_mode: AlphaMode::Voxel,
-        heldout_fraction: 0.25,
-        split_seed: 0,
         max_feature_dim: Some(1000),
-        batch_size: 16,
-        method: "untuned".into(),
+        ..vcl_tests::fit_config(&data)
     };
     encoding::fit(&cfg, &run, &dir.join("cache"), Device::Cpu).expect("fit");
     let repo = dir.join("exports");
@@ -230,7 +215,7 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
             &url,
             Path::new(model),
             &onnx,
-            &vcl_trainer::paths::photos_dir(),
+            &vcl_dataset::paths::photos_dir(),
         ],
     );
     eprintln!("{out}");

@@ -73,18 +73,18 @@ pub fn vcl(args: &[&str]) -> Output {
 /// A tiny in-silico dataset in a fresh temporary folder: (the folder's guard, the
 /// dataset root). Seconds to make; the tests' common ground.
 pub fn tiny_dataset(seed: u64, subjects: u32) -> (tempfile::TempDir, PathBuf) {
-    preset_dataset(vcl_trainer::synth::Preset::Tiny, seed, subjects)
+    preset_dataset(vcl_dataset::synth::Preset::Tiny, seed, subjects)
 }
 
 /// An in-silico dataset of `preset` in a fresh temporary folder, as [`tiny_dataset`].
 /// The demo preset (900 images a subject) takes some seconds more; for the tests whose
 /// claim needs encoders fitted on more than tiny's 36 training images.
 pub fn preset_dataset(
-    preset: vcl_trainer::synth::Preset,
+    preset: vcl_dataset::synth::Preset,
     seed: u64,
     subjects: u32,
 ) -> (tempfile::TempDir, PathBuf) {
-    use vcl_trainer::{paths, synth};
+    use vcl_dataset::{paths, synth};
     let dir = tempfile::tempdir().expect("a temporary folder");
     let out = dir.path().join("data");
     synth::synthesize(&synth::SynthConfig {
@@ -96,4 +96,21 @@ pub fn preset_dataset(
     })
     .expect("synthesis (scripts/setup.sh installs the photos)");
     (dir, out)
+}
+
+/// The test suite's fit: `vcl fit`'s own defaults (as `FitConfig`'s flags define them)
+/// for subj01 of `data` at 64 px, a quarter held out, batches of 16, conv taps capped
+/// at 8192 values. Tests change the fields they are about.
+pub fn fit_config(data: &Path) -> vcl_trainer::encoding::FitConfig {
+    let flags = [
+        "--subjects=subj01",
+        "--input-size=64",
+        "--heldout=0.25",
+        "--batch-size=16",
+        "--max-feature-dim=8192",
+    ];
+    let args = [std::ffi::OsStr::new("--data"), data.as_os_str()]
+        .into_iter()
+        .chain(flags.iter().map(std::ffi::OsStr::new));
+    vcl_trainer::config::from_flags(args).expect("the test suite's fit flags parse")
 }

@@ -2,11 +2,11 @@
 //! 1's CL-tuned backbone as a frozen extractor for subjects 1 and 2, scored against
 //! their untuned encoders; then `compare` on the untuned and tuned runs.
 
-use vcl_trainer::algonauts::Hemisphere;
-use vcl_trainer::backbones::{Arch, Device};
-use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
-use vcl_trainer::finetune::{self, FinetuneConfig, Method};
-use vcl_trainer::{compare, paths, ridge, transfer};
+use vcl_dataset::algonauts::Hemisphere;
+use vcl_trainer::backbones::Device;
+use vcl_trainer::encoding::{self, FitConfig, Method};
+use vcl_trainer::finetune::{self, FinetuneConfig, Objective};
+use vcl_trainer::{compare, transfer};
 
 #[test]
 fn transfer_matrix_and_comparison_on_tiny() {
@@ -16,52 +16,43 @@ fn transfer_matrix_and_comparison_on_tiny() {
     let cache = dir.path().join("cache");
 
     let mut ft = FinetuneConfig::new(
-        Method::Cl,
+        Objective::Cl,
         data.clone(),
         vec!["subj01".into()],
         Hemisphere::Left,
         "V1".into(),
     );
     ft.input_size = 64;
-    ft.epochs = 1;
+    ft.epochs = Some(1);
     ft.batch_size = 16;
     let tuned =
         finetune::finetune(&ft, &dir.path().join("cl"), false, &cache, Device::Cpu).unwrap();
     let tuned_weights = tuned.backbone.expect("a finished run writes its backbone");
 
     let base = FitConfig {
-        data_dir: data.clone(),
         subjects: vec!["subj01".into(), "subj02".into()],
         hemispheres: vec![Hemisphere::Left],
         rois: vec!["V1".into()],
-        arch: Arch::MobileNetV2,
-        weights: paths::weights_dir().join("mobilenet_v2.safetensors"),
         taps: vec!["features.6".into(), "avgpool".into()],
-        input_size: 64,
-        pca_components: 1000,
-        alphas: ridge::default_alphas(),
-        folds: 5,
-        alpha_mode: AlphaMode::Voxel,
-        heldout_fraction: 0.25,
-        split_seed: 0,
-        max_feature_dim: Some(8192),
-        batch_size: 16,
-        method: "untuned".into(),
+        ..vcl_tests::fit_config(&data)
     };
     let untuned = dir.path().join("untuned");
     encoding::fit(&base, &untuned, &cache, Device::Cpu).unwrap();
     encoding::evaluate(&untuned, &cache, Device::Cpu).unwrap();
 
     let out = dir.path().join("transfer");
-    let m = transfer::transfer(
-        &base,
-        &untuned,
-        &[("subj01".into(), tuned_weights.clone())],
-        &out,
-        &cache,
-        Device::Cpu,
-    )
-    .unwrap();
+    let cfg = transfer::TransferConfig {
+        untuned: untuned.clone(),
+        sources: vec![transfer::Source {
+            label: "subj01".into(),
+            weights: tuned_weights.clone(),
+        }],
+        hemisphere: Hemisphere::Left,
+        roi: "V1".into(),
+        subjects: Vec::new(),
+        out: out.clone(),
+    };
+    let m = transfer::transfer(&cfg, &cache, Device::Cpu).unwrap();
     assert_eq!(m.targets, vec!["subj01", "subj02"]);
     assert_eq!(m.frac_beating_untuned.len(), 1);
     for f in &m.frac_beating_untuned[0] {
@@ -77,8 +68,8 @@ fn transfer_matrix_and_comparison_on_tiny() {
     let cl_fit = dir.path().join("cl-fit");
     let cfg = FitConfig {
         subjects: vec!["subj01".into()],
-        weights: tuned_weights,
-        method: "cl".into(),
+        weights: Some(tuned_weights),
+        method: Method::Cl,
         ..base.clone()
     };
     encoding::fit(&cfg, &cl_fit, &cache, Device::Cpu).unwrap();

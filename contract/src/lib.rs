@@ -6,6 +6,7 @@
 pub mod error;
 pub mod manifest;
 pub mod repository;
+#[cfg(feature = "runtime")]
 pub mod runtime;
 
 pub use error::ContractError;

@@ -81,6 +81,9 @@ pub enum Hemisphere {
 }
 
 impl Hemisphere {
+    pub const BOTH: [Hemisphere; 2] = [Hemisphere::Left, Hemisphere::Right];
+
+    /// `lh` / `rh`, as in the Algonauts file names.
     pub fn prefix(self) -> &'static str {
         match self {
             Hemisphere::Left => "lh",
@@ -92,6 +95,17 @@ impl Hemisphere {
 impl std::fmt::Display for Hemisphere {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.prefix())
+    }
+}
+
+impl std::str::FromStr for Hemisphere {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "lh" | "left" | "l" => Ok(Hemisphere::Left),
+            "rh" | "right" | "r" => Ok(Hemisphere::Right),
+            other => Err(format!("unknown hemisphere '{other}' (expected lh or rh)")),
+        }
     }
 }
 
@@ -124,6 +138,7 @@ pub enum Pooling {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum AlphaMode {
     /// One ridge alpha per voxel, chosen by CV (himalaya's local alpha).
@@ -381,6 +396,7 @@ pub struct BackboneSpec {
 
 /// How the backbone was obtained before the encoders were fitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// ImageNet weights as they are.
@@ -409,22 +425,6 @@ impl Method {
             Method::Pooled => "pooled",
         }
     }
-
-    /// The method a run's free-form label (`FitConfig.method`) names: the label itself
-    /// or one that starts with a method's name and a separator (`cl-transfer`,
-    /// `pooled-cl`, `regression_tuned`), case-insensitive. "contrastive" counts as CL.
-    pub fn from_label(label: &str) -> Option<Method> {
-        let l = label.trim().to_ascii_lowercase();
-        let l = if l.starts_with("contrastive") {
-            l.replacen("contrastive", "cl", 1)
-        } else {
-            l
-        };
-        Method::ALL.into_iter().find(|m| {
-            let n = m.name();
-            l == n || (l.starts_with(n) && l[n.len()..].starts_with(['-', '_', ':']))
-        })
-    }
 }
 
 impl std::fmt::Display for Method {
@@ -437,7 +437,7 @@ impl std::fmt::Display for Method {
 #[serde(deny_unknown_fields)]
 pub struct TrainingSpec {
     pub method: Method,
-    /// The run's own label for it (`FitConfig.method`).
+    /// The run's own name for it (`FitConfig.label`; the method's name by default).
     pub method_label: String,
     /// Share of the subject's training images held out for scoring.
     pub heldout_fraction: f64,
@@ -1047,18 +1047,6 @@ mod tests {
         for f in ResizeFilter::NAMES {
             assert!(ResizeFilter::parse(f).is_some());
         }
-    }
-
-    #[test]
-    fn method_labels() {
-        assert_eq!(Method::from_label("untuned"), Some(Method::Untuned));
-        assert_eq!(Method::from_label("CL"), Some(Method::Cl));
-        assert_eq!(Method::from_label("cl-transfer"), Some(Method::Cl));
-        assert_eq!(Method::from_label("contrastive"), Some(Method::Cl));
-        assert_eq!(Method::from_label("pooled-cl"), Some(Method::Pooled));
-        assert_eq!(Method::from_label("regression"), Some(Method::Regression));
-        assert_eq!(Method::from_label("clever"), None);
-        assert_eq!(Method::from_label("imagenet"), None);
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::time::Instant;
 
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
+use vcl_dataset::algonauts::Hemisphere;
 use vcl_trainer::backbones::{Arch, Backbone, IMAGENET_CLASSES};
-use vcl_trainer::finetune::{self, Adam, AdamConfig, ClDims, ClLoss, ContrastiveHeads};
+use vcl_trainer::finetune::{
+    self, Adam, AdamConfig, ClDims, ContrastiveHeads, FinetuneConfig, Objective,
+};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -68,19 +71,15 @@ fn main() {
         .unwrap_or_else(|_| Backbone::random(Arch::MobileNetV2, Device::Cpu, 0));
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let dims = ClDims::paper(&[args.voxels], 0.8, 0.2, 0.25).expect("voxels >= 5");
-    let loss_cfg = ClLoss {
-        tau: 0.3,
-        learnable_tau: false,
-        symmetric: false,
-    };
-    let heads = ContrastiveHeads::new(
-        &vs.root(),
-        &dims,
-        IMAGENET_CLASSES,
-        &["s".into()],
-        loss_cfg,
-        0,
+    // The paper's recipe: tau 0.3, image-anchored, fixed temperature, seed 0.
+    let recipe = FinetuneConfig::new(
+        Objective::Cl,
+        ".".into(),
+        vec!["s".into()],
+        Hemisphere::Left,
+        "V1".into(),
     );
+    let heads = ContrastiveHeads::new(&vs.root(), &dims, IMAGENET_CLASSES, &["s".into()], &recipe);
     let mut params: Vec<(String, Tensor)> = backbone
         .var_store()
         .variables()

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
-use crate::algonauts::Hemisphere;
 use crate::encoding::error::{EncodingError, Result};
 use crate::encoding::evaluate::{Evaluation, RoiResult};
 use crate::encoding::{metrics, store};
 use crate::plots;
+use vcl_dataset::algonauts::Hemisphere;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MethodVsReference {
@@ -85,6 +85,20 @@ pub fn paired_t_p(d: &[f64]) -> Option<f64> {
     Some(2.0 * (1.0 - dist.cdf(t.abs())))
 }
 
+/// What `vcl compare` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareConfig {
+    /// Evaluated run directories, one per method.
+    #[arg(required = true, num_args = 2..)]
+    pub runs: Vec<PathBuf>,
+    /// Method the others are measured against (default: cl when present).
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// Output folder for comparison.{md,csv,json,png}.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 /// Compares the runs; `reference` is the method the others are measured against
 /// (default: "cl" when present, else the first run's).
 pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<Comparison> {
@@ -121,7 +135,7 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
     let mut roi_order: Vec<(Hemisphere, String)> = Vec::new();
     for l in &loaded {
         for r in &l.results {
-            let voxel_r = crate::npy::read_f32_1d(&l.run.join(&r.voxel_r_file))?.to_vec();
+            let voxel_r = vcl_dataset::npy::read_f32_1d(&l.run.join(&r.voxel_r_file))?.to_vec();
             let key = (r.hemisphere, r.roi.clone());
             if !roi_order.contains(&key) {
                 roi_order.push(key.clone());

@@ -49,15 +49,9 @@ impl Default for ExtractOptions {
     }
 }
 
-/// What was done to a tap's output before flattening.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Pooling {
-    /// Flattened as is.
-    None,
-    /// `adaptive_avg_pool2d(map, (grid, grid))`, then flattened.
-    AdaptiveAvg { grid: i64 },
-}
+/// What was done to a tap's output before flattening: the manifest's type, so that an
+/// export records exactly what the features did.
+pub use vcl_contract::manifest::Pooling;
 
 /// The pooling `max_dim` calls for on a tap whose per-image output has `map_shape`
 /// ([C, H, W] for conv taps, [D] for vector taps, which are never pooled).
@@ -151,7 +145,6 @@ pub fn extract(
             "feature extraction needs at least one row and one tap".into(),
         ));
     }
-    let batch_size = opts.batch_size.max(1);
     let weights_hash = backbone.weights_hash();
     let key = CacheKey {
         weights_hash: &weights_hash,
@@ -177,7 +170,7 @@ pub fn extract(
 
     let mut images_run = 0;
     if !todo.is_empty() {
-        let computed = run(backbone, pixels, rows, &todo, batch_size, opts.max_dim)?;
+        let computed = run(backbone, pixels, rows, &todo, opts)?;
         images_run = rows.len();
         for (tap, (map_shape, pooling, features)) in todo.iter().zip(computed) {
             let info = TapInfo {
@@ -220,9 +213,9 @@ fn run(
     pixels: &PixelCache,
     rows: &[usize],
     taps: &[&str],
-    batch_size: usize,
-    max_dim: Option<usize>,
+    opts: &ExtractOptions,
 ) -> Result<Vec<Computed>, BackboneError> {
+    let (batch_size, max_dim) = (opts.batch_size.max(1), opts.max_dim);
     let device = backbone.device();
     let n = rows.len();
     tracing::info!(
@@ -377,7 +370,7 @@ fn write_cached(path: &Path, info: &TapInfo, features: &Array2<f32>) -> Result<(
         std::fs::create_dir_all(dir).map_err(|e| cache_err(e.to_string()))?;
     }
     let tmp = partial(path);
-    crate::npy::write(&tmp, features)?;
+    vcl_dataset::npy::write(&tmp, features)?;
     std::fs::rename(&tmp, path).map_err(|e| cache_err(e.to_string()))?;
     let json = sidecar(path);
     let tmp = partial(&json);

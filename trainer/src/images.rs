@@ -15,8 +15,8 @@ use ndarray_npy::ReadNpyExt;
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
-use crate::algonauts::ImageEntry;
-use crate::error::{DataError, Result};
+use vcl_dataset::algonauts::ImageEntry;
+use vcl_dataset::error::{DataError, Result};
 
 /// ImageNet channel statistics torchvision's classifiers were trained with; one
 /// definition, in the contract, so exported graphs normalize exactly as training did.
@@ -83,7 +83,7 @@ impl PixelCache {
         let pixels = decode_all(entries, size)?;
         std::fs::create_dir_all(cache_dir).map_err(|e| DataError::io(cache_dir, e))?;
         let tmp = path.with_extension("npy.partial");
-        crate::npy::write(&tmp, &pixels)?;
+        vcl_dataset::npy::write(&tmp, &pixels)?;
         std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
         Ok(PixelCache { size, pixels, path })
     }
@@ -201,7 +201,10 @@ mod tests {
     use super::*;
 
     fn entry(dir: &Path, row: usize, img: &RgbImage) -> ImageEntry {
-        let path = dir.join(crate::algonauts::layout::train_image_name(row, row + 1));
+        let path = dir.join(vcl_dataset::algonauts::layout::train_image_name(
+            row,
+            row + 1,
+        ));
         img.save(&path).unwrap();
         ImageEntry {
             path,

@@ -272,17 +272,28 @@ pub fn line_chart(
     root.present().map_err(|e| err(path, e))
 }
 
+/// A labelled matrix for [`heatmap`]: `values[row][col]` in `range`.
+pub struct Matrix<'a> {
+    pub rows: &'a [String],
+    pub cols: &'a [String],
+    pub values: &'a [Vec<f64>],
+    pub range: (f64, f64),
+}
+
 /// A matrix of values in [lo, hi] as coloured cells with the value printed in each
-/// (rows top to bottom, columns left to right).
+/// (rows top to bottom, columns left to right); `axis_labels` (x, y).
 pub fn heatmap(
     path: &Path,
     title: &str,
     axis_labels: (&str, &str),
-    rows: &[String],
-    cols: &[String],
-    values: &[Vec<f64>],
-    range: (f64, f64),
+    matrix: &Matrix,
 ) -> Result<(), PlotError> {
+    let Matrix {
+        rows,
+        cols,
+        values,
+        range,
+    } = *matrix;
     register_font();
     let (nr, nc) = (rows.len().max(1), cols.len().max(1));
     let root = BitMapBackend::new(path, ((140 + 90 * nc) as u32, (120 + 70 * nr) as u32))

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use crate::algonauts::{summary, Dataset};
 use crate::encoding::error::{EncodingError, Result};
 use crate::encoding::fit::FitRecord;
 use crate::encoding::store;
+use vcl_dataset::algonauts::{summary, Dataset};
 
 /// What went into a report.
 #[derive(Debug, Clone)]
@@ -281,6 +281,17 @@ const CHECK: &str = "window.addEventListener('load',function(){var ok=0,bad=[];\
 document.querySelectorAll('img').forEach(function(i){if(i.complete&&i.naturalWidth>0){ok++}else{bad.push(i.alt)}});\
 document.body.setAttribute('data-images-ok',ok);document.body.setAttribute('data-images-broken',bad.length);\
 if(bad.length){console.error('broken images: '+bad.join(', '))}});";
+
+/// What `vcl report` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportConfig {
+    /// The folder of runs (e.g. runs/demo): fits, fine-tuning runs, comparisons and
+    /// analysis outputs, up to two levels down.
+    pub runs: PathBuf,
+    /// Output folder (default: RUNS/report): index.html and report.md.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
 
 /// Writes `out/index.html` (pictures embedded) and `out/report.md` for the runs under
 /// `root`.

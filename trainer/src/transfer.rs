@@ -10,8 +10,12 @@ use tch::Device;
 
 use crate::encoding::error::{EncodingError, Result};
 use crate::encoding::evaluate::Evaluation;
+use crate::encoding::fit::FitRecord;
+use crate::encoding::store::Method;
 use crate::encoding::{self, store, FitConfig};
+use crate::finetune::{FinetuneConfig, Objective};
 use crate::plots;
+use vcl_dataset::algonauts::Hemisphere;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransferMatrix {
@@ -31,27 +35,87 @@ fn voxel_r(run: &Path) -> Result<(Evaluation, Vec<Vec<f32>>)> {
     let rs = eval
         .results
         .iter()
-        .map(|r| crate::npy::read_f32_1d(&run.join(&r.voxel_r_file)).map(|a| a.to_vec()))
+        .map(|r| vcl_dataset::npy::read_f32_1d(&run.join(&r.voxel_r_file)).map(|a| a.to_vec()))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((eval, rs))
 }
 
-/// `base` is the untuned fit's config restricted to one hemisphere and ROI (its
-/// subjects are the targets); `untuned_run` its evaluated run; `sources` are
-/// (label, tuned backbone weights).
-pub fn transfer(
-    base: &FitConfig,
-    untuned_run: &Path,
-    sources: &[(String, PathBuf)],
-    out: &Path,
-    cache_dir: &Path,
-    device: Device,
-) -> Result<TransferMatrix> {
-    if base.rois.len() != 1 || base.hemispheres.len() != 1 {
-        return Err(EncodingError::Invalid(
-            "transfer compares one ROI of one hemisphere: give exactly one of each".into(),
+/// A tuned backbone to transfer: `LABEL=PATH` on the command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub label: String,
+    /// `backbone.safetensors` of a `vcl finetune` run (its config.json beside it says
+    /// how it was tuned).
+    pub weights: PathBuf,
+}
+
+impl std::str::FromStr for Source {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once('=') {
+            Some((label, path)) if !label.is_empty() && !path.is_empty() => Ok(Source {
+                label: label.to_string(),
+                weights: PathBuf::from(path),
+            }),
+            _ => Err(format!("'{s}': expected LABEL=PATH")),
+        }
+    }
+}
+
+/// What `vcl transfer` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransferConfig {
+    /// The evaluated untuned run (its fit config gives data, taps, input size).
+    #[arg(long)]
+    pub untuned: PathBuf,
+    /// Tuned backbones as LABEL=PATH (e.g. subj01=runs/cl-s1/backbone.safetensors).
+    #[arg(long = "source", required = true)]
+    pub sources: Vec<Source>,
+    #[arg(long, default_value = "lh")]
+    pub hemisphere: Hemisphere,
+    #[arg(long)]
+    pub roi: String,
+    /// Target subjects (default: the untuned run's).
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Vec<String>,
+    /// Output folder: transfer.{json,csv,png} and one fit per (source, target).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// How a source backbone was tuned, from the `vcl finetune` config beside it.
+fn source_method(weights: &Path) -> Result<Method> {
+    let config = weights.with_file_name("config.json");
+    if !config.is_file() {
+        return Err(EncodingError::file(
+            weights,
+            "has no config.json beside it: transfer reads `vcl finetune` run backbones",
         ));
     }
+    let cfg: FinetuneConfig = store::read_json(&config)?;
+    Ok(match cfg.method {
+        Objective::Regression => Method::Regression,
+        Objective::Cl if cfg.pooled() => Method::Pooled,
+        Objective::Cl => Method::Cl,
+    })
+}
+
+/// Each source backbone as a frozen extractor for the targets' encoders of one ROI of
+/// one hemisphere, against the untuned run's encoders; writes into `cfg.out`.
+pub fn transfer(cfg: &TransferConfig, cache_dir: &Path, device: Device) -> Result<TransferMatrix> {
+    let untuned_run = cfg.untuned.as_path();
+    let record: FitRecord = store::read_json(&untuned_run.join("fit.json"))?;
+    let base = FitConfig {
+        hemispheres: vec![cfg.hemisphere],
+        rois: vec![cfg.roi.clone()],
+        subjects: if cfg.subjects.is_empty() {
+            record.config.subjects.clone()
+        } else {
+            cfg.subjects.clone()
+        },
+        ..record.config
+    };
+    let (base, sources, out) = (&base, &cfg.sources, cfg.out.as_path());
     let (untuned, untuned_r) = voxel_r(untuned_run)?;
     let roi = &base.rois[0];
     let h = base.hemispheres[0];
@@ -62,7 +126,8 @@ pub fn transfer(
     };
     let mut frac = Vec::new();
     let mut mean_r = Vec::new();
-    for (label, weights) in sources {
+    for Source { label, weights } in sources {
+        let method = source_method(weights)?;
         let (mut frow, mut mrow) = (Vec::new(), Vec::new());
         for target in &base.subjects {
             let Some(ui) = find(&untuned, target) else {
@@ -74,8 +139,9 @@ pub fn transfer(
             let run = out.join(format!("{}_to_{target}", store::safe_name(label)));
             let cfg = FitConfig {
                 subjects: vec![target.clone()],
-                weights: weights.clone(),
-                method: format!("transfer-{label}"),
+                weights: Some(weights.clone()),
+                method,
+                label: Some(format!("transfer-{label}")),
                 ..base.clone()
             };
             encoding::fit(&cfg, &run, cache_dir, device)?;
@@ -109,7 +175,7 @@ pub fn transfer(
         })
         .collect();
     let m = TransferMatrix {
-        sources: sources.iter().map(|(l, _)| l.clone()).collect(),
+        sources: sources.iter().map(|s| s.label.clone()).collect(),
         targets: base.subjects.clone(),
         frac_beating_untuned: frac,
         mean_r,
@@ -132,10 +198,12 @@ pub fn transfer(
         &out.join("transfer.png"),
         &format!("{h} {roi}: share of voxels beating untuned"),
         ("encoder fitted for subject", "backbone tuned on"),
-        &m.sources,
-        &m.targets,
-        &m.frac_beating_untuned,
-        (0.0, 1.0),
+        &plots::Matrix {
+            rows: &m.sources,
+            cols: &m.targets,
+            values: &m.frac_beating_untuned,
+            range: (0.0, 1.0),
+        },
     )?;
     Ok(m)
 }

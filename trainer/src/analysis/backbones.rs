@@ -23,7 +23,7 @@ pub fn untuned(arch: Arch) -> NamedBackbone {
     NamedBackbone {
         label: "untuned".into(),
         arch,
-        weights: crate::paths::weights_dir().join(arch.weights_file()),
+        weights: vcl_dataset::paths::weights_dir().join(arch.weights_file()),
         group: "untuned".into(),
         method: "untuned".into(),
     }
@@ -70,6 +70,38 @@ pub fn roi_family(roi: &str) -> &'static str {
     } else {
         "higher"
     }
+}
+
+/// The untuned backbone and each run's tuned one, and the input size to use: `size`,
+/// else the first run's, else 128 px.
+pub fn compared(
+    runs: &[PathBuf],
+    size: Option<u32>,
+) -> Result<(Vec<NamedBackbone>, u32), FinetuneError> {
+    let tuned = runs
+        .iter()
+        .map(|r| finetuned(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let arch = tuned.first().map_or(Arch::MobileNetV2, |t| t.arch);
+    let size = match (size, runs.first()) {
+        (Some(s), _) => s,
+        (None, Some(r)) => {
+            let config = r.join("config.json");
+            let text =
+                std::fs::read_to_string(&config).map_err(|e| FinetuneError::io(&config, e))?;
+            let cfg: FinetuneConfig = serde_json::from_str(&text).map_err(|e| {
+                FinetuneError::Config(format!(
+                    "{}: not a fine-tuning config: {e}",
+                    config.display()
+                ))
+            })?;
+            cfg.input_size
+        }
+        (None, None) => 128,
+    };
+    let mut all = vec![untuned(arch)];
+    all.extend(tuned);
+    Ok((all, size))
 }
 
 #[cfg(test)]

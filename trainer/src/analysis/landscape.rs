@@ -6,7 +6,7 @@
 //! hemisphere.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -65,6 +65,23 @@ pub struct Landscape {
     pub distance: Vec<Vec<f64>>,
     /// 2-D classical MDS coordinates, one per model.
     pub mds: Vec<Vec<f64>>,
+}
+
+/// What `vcl landscape` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LandscapeConfig {
+    /// `vcl finetune` run directories (repeatable); the untuned backbone is always in.
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Input size (default: the first run's).
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    /// Crops per photo in the probe set.
+    #[arg(long, default_value_t = 8)]
+    pub crops_per_photo: usize,
+    /// Output folder: landscape.{json,csv,md,png}.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Class distributions of every backbone on `set`; writes landscape.{json,csv,md,png}.

@@ -21,37 +21,46 @@ use tch::{Device, Kind, Tensor};
 
 use super::roi_model::FitModels;
 use super::saliency;
-use crate::algonauts::{Dataset, Hemisphere};
 use crate::encoding::error::{EncodingError, Result};
 use crate::encoding::{heldout_images, store};
 use crate::plots;
+use vcl_dataset::algonauts::{Dataset, Hemisphere};
 
-#[derive(Debug, Clone)]
+/// What `vcl lateralization` asks for.
+#[derive(Debug, Clone, clap::Args)]
 pub struct LateralizationConfig {
     /// A `vcl fit` run directory.
+    #[arg(long)]
     pub run: PathBuf,
+    /// Output folder: lateralization.{json,csv,md,png} and overlays/.
+    #[arg(long)]
     pub out: PathBuf,
-    /// ROI names to analyse (as the run names them); empty: all.
+    /// ROIs to analyse, as the run names them (default: all).
+    #[arg(long, value_delimiter = ',')]
     pub rois: Vec<String>,
     /// Held-out images per subject.
+    #[arg(long, default_value_t = 32)]
     pub images: usize,
     /// Grad-CAM layer (default: the encoder's tap, or the deepest conv tap before it).
+    #[arg(long)]
     pub layer: Option<String>,
     /// Images shown in each model's overlay PNG.
+    #[arg(long, default_value_t = 4)]
     pub overlays: usize,
+    /// Images per backward pass.
+    #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
 }
 
 impl LateralizationConfig {
+    /// The command's defaults for `run`, writing into `out`.
     pub fn new(run: PathBuf, out: PathBuf) -> Self {
+        let defaults: LateralizationConfig = crate::config::from_flags(["--run=.", "--out=."])
+            .expect("the flags' own defaults parse");
         LateralizationConfig {
             run,
             out,
-            rois: Vec::new(),
-            images: 32,
-            layer: None,
-            overlays: 4,
-            batch_size: 16,
+            ..defaults
         }
     }
 }

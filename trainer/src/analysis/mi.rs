@@ -13,13 +13,25 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::algonauts::split;
 use crate::backbones::Backbone;
 use crate::finetune::{
-    checkpoint, data, image_features, image_width, mi_lower_bound, ClDims, ClLoss,
-    ContrastiveHeads, FinetuneError, Method,
+    checkpoint, data, image_features, image_width, mi_lower_bound, ClDims, ContrastiveHeads,
+    FinetuneError, Objective,
 };
 use crate::plots;
+use vcl_dataset::algonauts::split;
+
+/// What `vcl mi` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MiConfig {
+    /// `vcl finetune --method cl` run directories (repeatable); a run with a frozen
+    /// backbone (--freeze features,classifier) gives the untuned backbone's bound.
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Output folder: mi.{json,csv,md,png}.
+    #[arg(long)]
+    pub out: PathBuf,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MiResult {
@@ -44,16 +56,15 @@ pub struct MiResult {
 /// The bound of every subject of every run (contrastive runs only), written to
 /// `out/mi.{json,csv,md,png}`.
 pub fn mi(
-    runs: &[PathBuf],
-    out: &Path,
+    cfg: &MiConfig,
     cache_dir: &Path,
     device: Device,
 ) -> Result<Vec<MiResult>, FinetuneError> {
     let mut results = Vec::new();
-    for run in runs {
+    for run in &cfg.runs {
         results.extend(run_bound(run, cache_dir, device)?);
     }
-    write(out, &results)?;
+    write(&cfg.out, &results)?;
     Ok(results)
 }
 
@@ -65,7 +76,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
         ))
     })?;
     let cfg = &loaded.meta.config;
-    if cfg.method != Method::Cl {
+    if cfg.method != Objective::Cl {
         return Err(FinetuneError::Config(format!(
             "{}: a {} run has no contrastive heads, so no MI bound",
             run.display(),
@@ -73,7 +84,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
         )));
     }
     let mut subjects = data::load(cfg)?;
-    let backbone = Backbone::load(cfg.arch, &cfg.weights, device)?;
+    let backbone = Backbone::load(cfg.arch, &cfg.weights(), device)?;
     let vars: BTreeMap<String, Tensor> = backbone.var_store().variables().into_iter().collect();
     checkpoint::restore_vars(&loaded.path, "backbone.", &vars, &loaded.tensors)?;
     let frozen_backbone = !loaded.meta.trained.iter().any(|n| !n.starts_with("heads."));
@@ -82,12 +93,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
     let names: Vec<String> = subjects.iter().map(|d| d.info.subject.clone()).collect();
     let dims = ClDims::paper(&voxels, cfg.h_ratio, cfg.z_ratio, cfg.pooled_z_ratio)?;
     let heads_vs = nn::VarStore::new(device);
-    let loss = ClLoss {
-        tau: cfg.tau,
-        learnable_tau: cfg.learnable_tau,
-        symmetric: cfg.symmetric,
-    };
-    let heads = ContrastiveHeads::new(&heads_vs.root(), &dims, width, &names, loss, cfg.seed);
+    let heads = ContrastiveHeads::new(&heads_vs.root(), &dims, width, &names, cfg);
     let head_vars: BTreeMap<String, Tensor> = heads_vs.variables().into_iter().collect();
     checkpoint::restore_vars(&loaded.path, "heads.", &head_vars, &loaded.tensors)?;
     let label = run

@@ -16,8 +16,8 @@ pub mod roi_model;
 pub mod saliency;
 
 pub use backbones::NamedBackbone;
-pub use landscape::{landscape, Landscape};
+pub use landscape::{landscape, Landscape, LandscapeConfig};
 pub use lateralization::{lateralization, LateralizationConfig, ModelLaterality};
-pub use mi::{mi, MiResult};
-pub use probe::{probe, ProbeResult, ProbeSet};
+pub use mi::{mi, MiConfig, MiResult};
+pub use probe::{probe, ProbeConfig, ProbeResult, ProbeSet};
 pub use roi_model::{FitModels, RoiEncoder};

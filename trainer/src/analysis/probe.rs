@@ -7,7 +7,7 @@
 //! - `photo-source`: crops of set-up's photos, labelled by the photo they came from.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -72,8 +72,8 @@ pub fn faces(path: &Path, size: u32) -> Result<ProbeSet> {
 /// `per_photo` random square crops (a third to two thirds of the shorter side, random
 /// place, seeded) of every photo in `dir`, labelled by photo.
 pub fn photo_sources(dir: &Path, per_photo: usize, size: u32, seed: u64) -> Result<ProbeSet> {
-    let photos =
-        crate::synth::stimuli::PhotoSet::load(dir).map_err(|e| EncodingError::file(dir, e))?;
+    let photos = vcl_dataset::synth::stimuli::PhotoSet::load(dir)
+        .map_err(|e| EncodingError::file(dir, e))?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut buf = Vec::new();
     let mut labels = Vec::new();
@@ -225,19 +225,42 @@ pub struct ProbeResult {
     pub chance: f64,
 }
 
-/// Probes every backbone on every set; writes probe.{json,csv,md,png} into `out`.
+/// What `vcl probe` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeConfig {
+    /// `vcl finetune` run directories (repeatable); the untuned backbone is always in.
+    #[arg(long = "run")]
+    pub runs: Vec<PathBuf>,
+    /// Tap the probe reads (default: the penultimate layer, avgpool / classifier.5).
+    #[arg(long)]
+    pub tap: Option<String>,
+    /// Input size (default: the first run's, else 128).
+    #[arg(long)]
+    pub input_size: Option<u32>,
+    /// Crops per photo of the photo-source set.
+    #[arg(long, default_value_t = 24)]
+    pub crops_per_photo: usize,
+    /// Folds of the stratified cross-validation.
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Output folder: probe.{json,csv,md,png}.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Probes every backbone on every set with `cfg`'s tap and folds; writes
+/// probe.{json,csv,md,png} into `cfg.out`.
 pub fn probe(
     models: &[NamedBackbone],
     sets: &[ProbeSet],
-    tap: Option<&str>,
-    folds: usize,
-    out: &Path,
+    cfg: &ProbeConfig,
     device: Device,
 ) -> Result<Vec<ProbeResult>> {
+    let (folds, out) = (cfg.folds, cfg.out.as_path());
     let mut results = Vec::new();
     for m in models {
         let backbone = Backbone::load(m.arch, &m.weights, device)?;
-        let tap = tap.unwrap_or(default_tap(m.arch));
+        let tap = cfg.tap.as_deref().unwrap_or(default_tap(m.arch));
         backbone.tap_index(tap)?;
         for set in sets {
             let x = features(&backbone, Some(tap), &set.images, 32)?;

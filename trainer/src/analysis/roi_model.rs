@@ -7,13 +7,13 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::algonauts::Hemisphere;
 use crate::backbones::Backbone;
 use crate::encoding::error::{EncodingError, Result};
 use crate::encoding::fit::{self, FitRecord};
 use crate::encoding::store::{self, EncoderMeta, StoredPca};
 use crate::features::Pooling;
 use crate::images;
+use vcl_dataset::algonauts::Hemisphere;
 
 /// One ROI encoder with its PCA.
 pub struct RoiEncoder {
@@ -69,7 +69,7 @@ impl FitModels {
             }
             if m.weights_hash != hash {
                 return Err(EncodingError::file(
-                    &record.config.weights,
+                    &record.config.weights(),
                     format!(
                         "these weights are not the ones encoder {} {} {} was fitted with",
                         m.subject,

@@ -211,7 +211,7 @@ pub enum BackboneError {
     Invalid(String),
 
     #[error(transparent)]
-    Data(#[from] crate::error::DataError),
+    Data(#[from] vcl_dataset::DataError),
 }
 
 /// One piece of a network: maps the previous stage's output (or the image) to the
@@ -329,7 +329,7 @@ impl Backbone {
     pub fn pretrained(arch: Arch, device: Device) -> Result<Self, BackboneError> {
         Backbone::load(
             arch,
-            &crate::paths::weights_dir().join(arch.weights_file()),
+            &vcl_dataset::paths::weights_dir().join(arch.weights_file()),
             device,
         )
     }

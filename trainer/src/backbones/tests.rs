@@ -135,7 +135,7 @@ fn names_agree_across_clap_serde_and_from_str() {
 #[test]
 fn mobilenet_weights_into_resnet18_name_missing_and_unexpected_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let real = crate::paths::weights_dir().join(Arch::MobileNetV2.weights_file());
+    let real = vcl_dataset::paths::weights_dir().join(Arch::MobileNetV2.weights_file());
     let path = if real.is_file() {
         real
     } else {

@@ -1,9 +1,9 @@
 use std::path::PathBuf;
 
 use crate::backbones::BackboneError;
-use crate::error::DataError;
 use crate::plots::PlotError;
 use crate::ridge::RidgeError;
+use vcl_dataset::DataError;
 
 /// Errors of fitting, storing and scoring encoders; each names what it concerns.
 #[derive(Debug, thiserror::Error)]

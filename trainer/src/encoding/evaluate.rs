@@ -12,9 +12,9 @@ use super::error::{EncodingError, Result};
 use super::fit::{self, index_tensor, to_tensor, FitRecord};
 use super::metrics::{self, RoiScores};
 use super::store::{self, FitConfig, StoredEncoder};
-use crate::algonauts::{split, Dataset, Hemisphere, Subject};
 use crate::images;
 use crate::{plots, ridge};
+use vcl_dataset::algonauts::{split, Dataset, Hemisphere, Subject};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoiResult {
@@ -52,6 +52,13 @@ fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&t).unwrap_or_default()
 }
 
+/// What `vcl evaluate` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvaluateConfig {
+    /// Run directory written by `vcl fit`.
+    pub run: PathBuf,
+}
+
 /// Scores every encoder of `run` on its subject's held-out images.
 pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluation> {
     let record: FitRecord = store::read_json(&run.join("fit.json"))?;
@@ -65,7 +72,7 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
     for e in &encoders {
         if e.meta.weights_hash != hash {
             return Err(EncodingError::file(
-                &cfg.weights,
+                &cfg.weights(),
                 format!("these weights (hash {hash}) are not the ones encoder {}/{}/{} was fitted with ({})",
                     e.meta.subject, e.meta.hemisphere, e.meta.roi, e.meta.weights_hash),
             ));
@@ -90,7 +97,12 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
         let mut taps: Vec<String> = encs.iter().map(|e| e.meta.tap.clone()).collect();
         taps.sort();
         taps.dedup();
-        let feats = fit::subject_features(cfg, &backbone, &subject, &sp.heldout, &taps, cache_dir)?;
+        let request = fit::FeatureRequest {
+            subject: &subject,
+            rows: &sp.heldout,
+            taps: &taps,
+        };
+        let feats = fit::subject_features(cfg, &backbone, &request, cache_dir)?;
         let mut z_held: BTreeMap<String, Tensor> = BTreeMap::new();
         for tf in &feats {
             let enc = encs
@@ -162,7 +174,7 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
             if let Some(p) = path.parent() {
                 std::fs::create_dir_all(p).map_err(|e| EncodingError::file(p, e))?;
             }
-            crate::npy::write(&path, &ndarray::Array1::from(r.clone()))?;
+            vcl_dataset::npy::write(&path, &ndarray::Array1::from(r.clone()))?;
             results.push(RoiResult {
                 subject: m.subject.clone(),
                 hemisphere: m.hemisphere,
@@ -177,7 +189,7 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
     }
     let eval = Evaluation {
         run: run.to_path_buf(),
-        method: cfg.method.clone(),
+        method: cfg.label(),
         results,
     };
     write_report(run, &eval, &scatter)?;

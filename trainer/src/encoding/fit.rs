@@ -12,11 +12,11 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::{EncodingError, Result};
 use super::store::{self, AlphaMode, EncoderMeta, FitConfig};
-use crate::algonauts::{split, Dataset, Hemisphere, RoiAtlas, Subject};
 use crate::backbones::Backbone;
 use crate::features::{self, ExtractOptions, TapFeatures};
 use crate::images::PixelCache;
 use crate::ridge::{self, RidgeCvConfig};
+use vcl_dataset::algonauts::{split, Dataset, Hemisphere, RoiAtlas, Subject};
 
 /// One line of the tap-selection table.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,18 +82,28 @@ pub fn taps_of(cfg: &FitConfig) -> Vec<String> {
 
 /// Loads the backbone a config names.
 pub fn load_backbone(cfg: &FitConfig, device: Device) -> Result<Backbone> {
-    Ok(Backbone::load(cfg.arch, &cfg.weights, device)?)
+    Ok(Backbone::load(cfg.arch, &cfg.weights(), device)?)
 }
 
-/// Features of `taps` for training-image `rows` of `subject` (cached on disk).
+/// Which features of which images: `taps` for training-image `rows` of `subject`.
+pub struct FeatureRequest<'a> {
+    pub subject: &'a Subject,
+    pub rows: &'a [usize],
+    pub taps: &'a [String],
+}
+
+/// The features `request` names (cached on disk under `cache_dir`).
 pub fn subject_features(
     cfg: &FitConfig,
     backbone: &Backbone,
-    subject: &Subject,
-    rows: &[usize],
-    taps: &[String],
+    request: &FeatureRequest,
     cache_dir: &Path,
 ) -> Result<Vec<TapFeatures>> {
+    let FeatureRequest {
+        subject,
+        rows,
+        taps,
+    } = *request;
     let pixels = PixelCache::build_or_load(
         &subject.train_images,
         cfg.input_size,
@@ -115,6 +125,7 @@ struct TapFit {
 
 /// Fits every requested encoder and writes the run directory.
 pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Result<FitRecord> {
+    let cfg = &cfg.resolved()?;
     let ds = Dataset::open(&cfg.data_dir)?;
     std::fs::create_dir_all(run).map_err(|e| EncodingError::file(run, e))?;
     let taps = taps_of(cfg);
@@ -135,7 +146,12 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
         }
         // Features of the training part only: the held-out images stay unseen until
         // `vcl evaluate`.
-        let feats = subject_features(cfg, &backbone, &subject, &sp.train, &taps, cache_dir)?;
+        let request = FeatureRequest {
+            subject: &subject,
+            rows: &sp.train,
+            taps: &taps,
+        };
+        let feats = subject_features(cfg, &backbone, &request, cache_dir)?;
         let mut pcs: BTreeMap<String, (Tensor, features::TapInfo, std::path::PathBuf)> =
             BTreeMap::new();
         for tf in &feats {
@@ -275,7 +291,7 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
                         .as_ref()
                         .map(|f| verts.iter().map(|&v| f[v]).collect()),
                     arch: cfg.arch,
-                    weights: cfg.weights.clone(),
+                    weights: cfg.weights(),
                     weights_hash: weights_hash.clone(),
                     tap: chosen.tap.clone(),
                     pooling: info.pooling,
@@ -290,7 +306,7 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
                     split_seed: cfg.split_seed,
                     heldout_fraction: cfg.heldout_fraction,
                     n_train_images: sp.train.len(),
-                    method: cfg.method.clone(),
+                    method: cfg.label(),
                 };
                 store::save_encoder(run, &meta, &coef, &intercept)?;
                 tracing::info!(subject = %subject.name, hemisphere = %h, roi = %roi, voxels = verts.len(), tap = %meta.tap, cv_r2 = meta.cv_score, "encoder fitted");

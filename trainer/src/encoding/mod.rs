@@ -10,4 +10,4 @@ pub mod store;
 pub use error::EncodingError;
 pub use evaluate::{evaluate, heldout_images, Evaluation};
 pub use fit::fit;
-pub use store::{AlphaMode, FitConfig};
+pub use store::{AlphaMode, FitConfig, Method};

@@ -15,44 +15,108 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::error::{EncodingError, Result};
-use crate::algonauts::Hemisphere;
 use crate::backbones::Arch;
 use crate::features::Pooling;
+use crate::ridge;
+pub use vcl_contract::manifest::Method;
+use vcl_dataset::algonauts::Hemisphere;
 
-/// How alphas are chosen: per voxel (himalaya's local alpha) or one per ROI (the paper's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AlphaMode {
-    Voxel,
-    Roi,
+/// How alphas are chosen: per voxel (himalaya's local alpha) or one per ROI (the
+/// paper's); the manifest's type.
+pub use vcl_contract::manifest::AlphaMode;
+
+/// Everything that determines a fit: `vcl fit`'s flags, defined once. Written to
+/// `fit.json` [resolved](FitConfig::resolved) (absolute data folder, subjects and
+/// weights filled in) so evaluation and export redo exactly the same extraction.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
+pub struct FitConfig {
+    /// Dataset folder (Algonauts 2023 layout).
+    #[arg(long = "data")]
+    pub data_dir: PathBuf,
+    /// Subjects (comma-separated: 1,2 or subj01,subj02); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Vec<String>,
+    /// Hemispheres (lh, rh).
+    #[arg(long, value_delimiter = ',', default_value = "lh,rh")]
+    pub hemispheres: Vec<Hemisphere>,
+    /// ROIs (comma-separated; `+` joins a union; see `algonauts::rois`); default: every
+    /// non-empty ROI of every family.
+    #[arg(long, value_delimiter = ',')]
+    pub rois: Vec<String>,
+    #[arg(long = "backbone", default_value = "mobilenet_v2")]
+    pub arch: Arch,
+    /// Backbone weights (safetensors, torchvision names): pretrained or fine-tuned;
+    /// default: the installed ImageNet weights.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Taps to choose from (default: all of the backbone's).
+    #[arg(long, value_delimiter = ',')]
+    pub taps: Vec<String>,
+    /// Input size in pixels (224 as in the paper; smaller is faster on CPU).
+    #[arg(long, default_value_t = 224)]
+    pub input_size: u32,
+    #[arg(long = "pca", default_value_t = 1000)]
+    pub pca_components: usize,
+    /// Ridge alphas (default: logspace(-1, 7, 9)).
+    #[arg(long, value_delimiter = ',', default_values_t = ridge::default_alphas())]
+    pub alphas: Vec<f64>,
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// One alpha per voxel (default) or one per ROI (the paper's).
+    #[arg(long, value_enum, default_value = "voxel")]
+    pub alpha_mode: AlphaMode,
+    #[arg(long = "heldout", default_value_t = 0.15)]
+    pub heldout_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Conv taps with more values per image are average-pooled to a coarser grid.
+    #[arg(long, default_value = "16384")]
+    pub max_feature_dim: Option<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// How the backbone was trained (untuned, cl, regression, pooled): the manifest's
+    /// provenance.
+    #[arg(long, value_enum, default_value = "untuned")]
+    pub method: Method,
+    /// The run's name in reports and model names (default: the method's).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
-/// Everything that determines a fit; written to `fit.json` so evaluation and export
-/// redo exactly the same feature extraction.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FitConfig {
-    pub data_dir: PathBuf,
-    pub subjects: Vec<String>,
-    pub hemispheres: Vec<Hemisphere>,
-    /// ROI names (see `algonauts::rois`); empty = every non-empty ROI of every family.
-    pub rois: Vec<String>,
-    pub arch: Arch,
-    /// Backbone weights (safetensors, torchvision names): pretrained or fine-tuned.
-    pub weights: PathBuf,
-    /// Taps to choose from; empty = all of the backbone's.
-    pub taps: Vec<String>,
-    pub input_size: u32,
-    pub pca_components: usize,
-    pub alphas: Vec<f64>,
-    pub folds: usize,
-    pub alpha_mode: AlphaMode,
-    pub heldout_fraction: f64,
-    pub split_seed: u64,
-    /// Conv taps larger than this are average-pooled to a coarser grid first.
-    pub max_feature_dim: Option<usize>,
-    pub batch_size: usize,
-    /// A label for reports: "untuned", "cl", "regression", ...
-    pub method: String,
+impl FitConfig {
+    /// The weights the backbone loads: the given file, or the installed ImageNet ones.
+    pub fn weights(&self) -> PathBuf {
+        self.weights
+            .clone()
+            .unwrap_or_else(|| vcl_dataset::paths::weights_dir().join(self.arch.weights_file()))
+    }
+
+    /// The run's name in reports: the label, or the method's name.
+    pub fn label(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| self.method.name().to_string())
+    }
+
+    /// What `fit.json` records: the data folder absolute (evaluate and export work from
+    /// any directory), every subject of the dataset when none was named, the weights
+    /// file that was used.
+    pub fn resolved(&self) -> Result<FitConfig> {
+        let data_dir = std::fs::canonicalize(&self.data_dir)
+            .map_err(|e| EncodingError::file(&self.data_dir, e))?;
+        let subjects = if self.subjects.is_empty() {
+            vcl_dataset::algonauts::Dataset::open(&data_dir)?.subjects
+        } else {
+            self.subjects.clone()
+        };
+        Ok(FitConfig {
+            data_dir,
+            subjects,
+            weights: Some(self.weights()),
+            ..self.clone()
+        })
+    }
 }
 
 /// One ROI encoder's description.

@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::FinetuneError;
-use crate::algonauts::Hemisphere;
 use crate::backbones::Arch;
+use vcl_dataset::algonauts::Hemisphere;
 
-/// How the backbone is tuned.
+/// What fine-tuning optimizes: the paper's contrastive objective or its regression
+/// baseline. Not the manifest's `Method`, which says how a fitted backbone came to be
+/// (untuned, regression, cl, pooled): a CL run on several subjects is `pooled` there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, Serialize, Deserialize)]
-pub enum Method {
+pub enum Objective {
     /// The paper's contrastive (InfoNCE) objective between image and fMRI embeddings.
     #[value(name = "cl")]
     #[serde(rename = "cl")]
@@ -23,151 +25,201 @@ pub enum Method {
     Regression,
 }
 
-impl Method {
+impl Objective {
     pub fn name(self) -> &'static str {
         match self {
-            Method::Cl => "cl",
-            Method::Regression => "regression",
+            Objective::Cl => "cl",
+            Objective::Regression => "regression",
         }
     }
 
     /// METHOD.md: 30 epochs for CL, 75 for the regression baseline.
     pub fn default_epochs(self) -> usize {
         match self {
-            Method::Cl => 30,
-            Method::Regression => 75,
+            Objective::Cl => 30,
+            Objective::Regression => 75,
         }
     }
 
     /// METHOD.md: Adam lr 1e-4 for CL, 2.5e-5 for the regression baseline.
     pub fn default_lr(self) -> f64 {
         match self {
-            Method::Cl => 1e-4,
-            Method::Regression => 2.5e-5,
+            Objective::Cl => 1e-4,
+            Objective::Regression => 2.5e-5,
         }
     }
 }
 
-impl fmt::Display for Method {
+impl fmt::Display for Objective {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
 }
 
-/// Everything that determines a fine-tuning run; written to `RUN/config.json`.
+/// Everything that determines a fine-tuning run: `vcl finetune`'s flags, defined once;
+/// written to `RUN/config.json` [resolved](FinetuneConfig::resolved).
 ///
 /// Build one with [`FinetuneConfig::new`] (the paper's recipe for a method) and change
 /// the fields you need.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct FinetuneConfig {
     /// Dataset folder (Algonauts 2023 layout).
+    #[arg(long = "data")]
     pub data_dir: PathBuf,
-    /// Subjects (`subj01`, `1`, ...); more than one trains the pooled model.
+    /// Subjects (`subj01`, `1`, ...); more than one trains the pooled model (one fMRI
+    /// map per subject).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
     pub subjects: Vec<String>,
+    #[arg(long, default_value = "lh")]
     pub hemisphere: Hemisphere,
     /// ROI name or `+` union (see `algonauts::rois`), e.g. `early` or `V1v+V1d`.
+    #[arg(long)]
     pub roi: String,
+    #[arg(long = "backbone", default_value = "mobilenet_v2")]
     pub arch: Arch,
-    /// Initial backbone weights (safetensors or torch.save, torchvision names).
-    pub weights: PathBuf,
+    /// Initial backbone weights (safetensors or torch.save, torchvision names);
+    /// default: the installed ImageNet weights.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
     /// Square input size in pixels (the paper: 224).
+    #[arg(long, default_value_t = 224)]
     pub input_size: u32,
-    pub method: Method,
-    /// Passes over each subject's training part (paper: 30 CL, 75 regression).
-    pub epochs: usize,
+    #[arg(long, value_enum, default_value = "cl")]
+    pub method: Objective,
+    /// Passes over each subject's training part (default, as METHOD.md: 30 cl, 75
+    /// regression).
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Images per step; the effective batch is min(batch_size, training images).
+    #[arg(long, default_value_t = 1024)]
     pub batch_size: usize,
-    /// Adam learning rate (paper: 1e-4 CL, 2.5e-5 regression); no weight decay.
-    pub lr: f64,
+    /// Adam learning rate (default, as METHOD.md: 1e-4 cl, 2.5e-5 regression); no
+    /// weight decay.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 0.9)]
     pub adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
     pub adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
     pub adam_eps: f64,
     /// InfoNCE temperature (paper: 0.3); the initial value when `learnable_tau`.
+    #[arg(long, default_value_t = 0.3)]
     pub tau: f64,
     /// h = int(h_ratio * V) for one subject (paper: 0.8).
+    #[arg(long, default_value_t = 0.8)]
     pub h_ratio: f64,
     /// z = int(z_ratio * V) for one subject (paper: 0.2).
+    #[arg(long, default_value_t = 0.2)]
     pub z_ratio: f64,
     /// Pooled subjects: h = mean V over subjects, z = int(pooled_z_ratio * h) (paper: 0.25).
+    #[arg(long, default_value_t = 0.25)]
     pub pooled_z_ratio: f64,
     /// Backbone variables to keep fixed: name prefixes (`features.0`) or inclusive
     /// index ranges (`features.0..features.3`). Empty (paper): everything trains.
+    #[arg(long, value_delimiter = ',')]
     pub freeze: Vec<String>,
     /// Fraction of each subject's images held out for the encoders' final score;
     /// fine-tuning never sees them (same split as `vcl fit`).
+    #[arg(long = "heldout", default_value_t = 0.15)]
     pub heldout_fraction: f64,
+    #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
     /// Fraction of the training part kept aside for validation loss and the MI bound.
+    #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
     /// Seeds head initialization, data order, dropout and augmentation.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Two-way InfoNCE (mean of image- and fMRI-anchored losses). Beyond the paper.
+    #[arg(long)]
     pub symmetric: bool,
     /// Learn log(tau) with the other parameters. Beyond the paper.
+    #[arg(long)]
     pub learnable_tau: bool,
     /// Random resized crops and colour jitter; never a horizontal flip, which would
     /// swap the visual hemifields a hemisphere responds to. Beyond the paper.
+    #[arg(long)]
     pub augment: bool,
     /// float16 autocast with dynamic loss scaling (CUDA only; ignored on the CPU).
+    #[arg(long)]
     pub mixed_precision: bool,
     /// Images per backbone forward/backward within a batch; None (the paper): the whole
     /// batch at once. Smaller values cap memory at one micro-batch's activations while
     /// the loss still sees the whole batch (every other image stays a negative); the
     /// backbone's batch-norm then normalizes with per-micro-batch statistics. A batch of
     /// 1024 at 224 px needs ~80 GB in one pass on the CPU (~35 MB per image at 128 px).
+    #[arg(long)]
     pub micro_batch: Option<usize>,
     /// Images per forward pass when computing validation embeddings (memory only).
+    #[arg(long, default_value_t = 128)]
     pub eval_batch_size: usize,
     /// Backbone tap the heads read instead of the 1000 logits (conv taps averaged over
     /// space), e.g. `features.13`. None (the paper): the logits. Layers after the tap
     /// then get no gradient and stay as loaded. Beyond the paper.
+    #[arg(long, value_name = "TAP")]
     #[serde(default)]
     pub image_tap: Option<String>,
 }
 
 impl FinetuneConfig {
-    /// The paper's recipe for `method` (METHOD.md), on torchvision's MobileNetV2 with
-    /// the installed ImageNet weights (AlexNet weights are not installable here).
+    /// The paper's recipe for `method` (METHOD.md): the flags' defaults, on
+    /// torchvision's MobileNetV2 with the installed ImageNet weights (AlexNet weights
+    /// are not installable here).
     pub fn new(
-        method: Method,
+        method: Objective,
         data_dir: PathBuf,
         subjects: Vec<String>,
         hemisphere: Hemisphere,
         roi: String,
     ) -> Self {
-        let arch = Arch::MobileNetV2;
-        FinetuneConfig {
+        let defaults: FinetuneConfig = crate::config::from_flags(["--data=.", "--roi=."])
+            .expect("the flags' own defaults parse");
+        let cfg = FinetuneConfig {
             data_dir,
             subjects,
             hemisphere,
             roi,
-            arch,
-            weights: crate::paths::weights_dir().join(arch.weights_file()),
-            input_size: 224,
             method,
-            epochs: method.default_epochs(),
-            batch_size: 1024,
-            lr: method.default_lr(),
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_eps: 1e-8,
-            tau: 0.3,
-            h_ratio: 0.8,
-            z_ratio: 0.2,
-            pooled_z_ratio: 0.25,
-            freeze: Vec::new(),
-            heldout_fraction: 0.15,
-            split_seed: 0,
-            val_fraction: 0.1,
-            seed: 0,
-            symmetric: false,
-            learnable_tau: false,
-            augment: false,
-            mixed_precision: false,
-            micro_batch: None,
-            eval_batch_size: 128,
-            image_tap: None,
+            ..defaults
+        };
+        FinetuneConfig {
+            epochs: Some(cfg.epochs()),
+            lr: Some(cfg.lr()),
+            weights: Some(cfg.weights()),
+            ..cfg
         }
+    }
+
+    /// Epochs: as given, or METHOD.md's for the method.
+    pub fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(self.method.default_epochs())
+    }
+
+    /// Learning rate: as given, or METHOD.md's for the method.
+    pub fn lr(&self) -> f64 {
+        self.lr.unwrap_or(self.method.default_lr())
+    }
+
+    /// Initial weights: as given, or the installed ImageNet ones.
+    pub fn weights(&self) -> PathBuf {
+        self.weights
+            .clone()
+            .unwrap_or_else(|| vcl_dataset::paths::weights_dir().join(self.arch.weights_file()))
+    }
+
+    /// What `config.json` records: the data folder absolute (a run can be resumed and
+    /// read from any directory) and every default that depends on the method filled in.
+    pub fn resolved(&self) -> Result<FinetuneConfig, FinetuneError> {
+        let data_dir = std::fs::canonicalize(&self.data_dir)
+            .map_err(|e| FinetuneError::io(&self.data_dir, e))?;
+        Ok(FinetuneConfig {
+            data_dir,
+            epochs: Some(self.epochs()),
+            lr: Some(self.lr()),
+            weights: Some(self.weights()),
+            ..self.clone()
+        })
     }
 
     pub fn pooled(&self) -> bool {
@@ -201,7 +253,7 @@ impl FinetuneConfig {
                 ),
             );
         }
-        if self.epochs == 0 {
+        if self.epochs() == 0 {
             return bad("epochs", "must be at least 1".into());
         }
         if self.batch_size < 2 {
@@ -233,7 +285,7 @@ impl FinetuneConfig {
             }
         }
         let positive = [
-            ("lr", self.lr),
+            ("lr", self.lr()),
             ("tau", self.tau),
             ("h_ratio", self.h_ratio),
             ("z_ratio", self.z_ratio),
@@ -267,7 +319,7 @@ impl FinetuneConfig {
 
 /// The paper's recipe for `method`: shorthand for [`FinetuneConfig::new`].
 pub fn default_config(
-    method: Method,
+    method: Objective,
     data_dir: PathBuf,
     subjects: Vec<String>,
     hemisphere: Hemisphere,
@@ -283,13 +335,16 @@ mod tests {
     #[test]
     fn paper_defaults_and_json_names() {
         let c = FinetuneConfig::new(
-            Method::Regression,
+            Objective::Regression,
             "d".into(),
             vec!["1".into()],
             Hemisphere::Left,
             "early".into(),
         );
-        assert_eq!((c.epochs, c.lr, c.batch_size), (75, 2.5e-5, 1024));
+        assert_eq!(
+            (c.epochs, c.lr, c.batch_size),
+            (Some(75), Some(2.5e-5), 1024)
+        );
         c.validate().unwrap();
         let v = serde_json::to_value(&c).unwrap();
         assert_eq!(v["method"], "regression");
@@ -309,7 +364,7 @@ mod tests {
     #[test]
     fn image_tap_defaults_to_logits_and_is_checked() {
         let c = FinetuneConfig::new(
-            Method::Cl,
+            Objective::Cl,
             "d".into(),
             vec!["1".into()],
             Hemisphere::Left,

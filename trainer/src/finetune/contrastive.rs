@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
-use super::FinetuneError;
+use super::{FinetuneConfig, FinetuneError};
 
 /// Sizes of the contrastive model.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -78,6 +78,17 @@ pub struct ClLoss {
     pub learnable_tau: bool,
     /// Two-way InfoNCE instead of the paper's image-anchored one.
     pub symmetric: bool,
+}
+
+impl ClLoss {
+    /// The loss a fine-tuning configuration asks for.
+    pub fn of(cfg: &FinetuneConfig) -> Self {
+        ClLoss {
+            tau: cfg.tau,
+            learnable_tau: cfg.learnable_tau,
+            symmetric: cfg.symmetric,
+        }
+    }
 }
 
 /// Draws PyTorch's default `nn.Linear` initialization, U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
@@ -174,15 +185,16 @@ pub struct ContrastiveHeads {
 impl ContrastiveHeads {
     /// Variables under `p`: `image_map.weight`, `fmri_map.<subject>.weight` (in the
     /// order of `subjects`), `g.{0,1,3,4,6}.*` and, if learnable, `log_tau`.
-    /// `image_width`: F, the width of the image features (1000 for the logits).
+    /// `image_width`: F, the width of the image features (1000 for the logits). The
+    /// loss and the initialization's seed come from `cfg`.
     pub fn new(
         p: &nn::Path,
         dims: &ClDims,
         image_width: i64,
         subjects: &[String],
-        loss: ClLoss,
-        seed: u64,
+        cfg: &FinetuneConfig,
     ) -> Self {
+        let (loss, seed) = (ClLoss::of(cfg), cfg.seed);
         let image_map = linear(&(p / "image_map"), image_width, dims.h, false, seed);
         let fmri_maps = subjects
             .iter()

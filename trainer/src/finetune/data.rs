@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Tensor};
 
 use super::{FinetuneConfig, FinetuneError};
-use crate::algonauts::{split, Dataset, ImageEntry};
-use crate::error::DataError;
 use crate::images::PixelCache;
+use vcl_dataset::algonauts::{split, Dataset, ImageEntry};
+use vcl_dataset::DataError;
 
 /// A u64 derived from the run's seed and a purpose: independent streams for data
 /// order, dropout and augmentation, each reproducible per epoch (and batch) without

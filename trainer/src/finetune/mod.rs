@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use adam::{Adam, AdamConfig};
 pub use alloc::{tune_allocator, AllocatorTuning};
-pub use config::{default_config, FinetuneConfig, Method};
+pub use config::{default_config, FinetuneConfig, Objective};
 pub use contrastive::{info_nce, mi_lower_bound, similarity, ClDims, ClLoss, ContrastiveHeads};
 pub use data::SubjectInfo;
 pub use regression::RegressionHeads;
@@ -40,8 +40,8 @@ pub use train::{finetune, finetune_with, Hooks, RunOptions};
 pub(crate) use train::{image_features, image_width};
 
 use crate::backbones::BackboneError;
-use crate::error::DataError;
 use crate::plots::PlotError;
+use vcl_dataset::DataError;
 
 /// What went wrong in a fine-tuning run; each variant names the file, value or
 /// place (epoch, batch) at fault.
@@ -133,7 +133,7 @@ fn default_image() -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FinetuneSummary {
     pub run_dir: PathBuf,
-    pub method: Method,
+    pub method: Objective,
     /// The tuned backbone, written when the run reached its last epoch.
     pub backbone: Option<PathBuf>,
     /// `Backbone::weights_hash` of the tuned backbone.

@@ -20,11 +20,11 @@ use tch::{Device, Kind, Tensor};
 
 use super::adam::{Adam, AdamConfig};
 use super::checkpoint::{self, CheckpointMeta};
-use super::contrastive::{info_nce, mi_lower_bound, ClDims, ClLoss, ContrastiveHeads};
+use super::contrastive::{info_nce, mi_lower_bound, ClDims, ContrastiveHeads};
 use super::data::{self, derive_seed, SubjectData};
 use super::regression::RegressionHeads;
 use super::run_dir;
-use super::{augment, EpochRecord, FinetuneConfig, FinetuneError, FinetuneSummary, Method};
+use super::{augment, EpochRecord, FinetuneConfig, FinetuneError, FinetuneSummary, Objective};
 use crate::backbones::{Backbone, IMAGENET_CLASSES};
 use crate::images;
 
@@ -140,6 +140,7 @@ pub fn finetune_with(
     let _turn = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
     cfg.validate()?;
+    let cfg = &cfg.resolved()?;
     let run = opts.run;
     std::fs::create_dir_all(run).map_err(|e| FinetuneError::io(run, e))?;
 
@@ -148,7 +149,7 @@ pub fn finetune_with(
     let names: Vec<String> = data.iter().map(|d| d.info.subject.clone()).collect();
     let voxels: Vec<usize> = data.iter().map(|d| d.info.voxels).collect();
 
-    let backbone = Backbone::load(cfg.arch, &cfg.weights, opts.device)?;
+    let backbone = Backbone::load(cfg.arch, &cfg.weights(), opts.device)?;
     let frozen = freeze(&backbone, &cfg.freeze)?;
     let image = cfg.image_tap.as_deref().unwrap_or("logits");
     let width = image_width(
@@ -159,17 +160,12 @@ pub fn finetune_with(
     )?;
     let heads_vs = nn::VarStore::new(opts.device);
     let (heads, dims) = match cfg.method {
-        Method::Cl => {
+        Objective::Cl => {
             let dims = ClDims::paper(&voxels, cfg.h_ratio, cfg.z_ratio, cfg.pooled_z_ratio)?;
-            let loss = ClLoss {
-                tau: cfg.tau,
-                learnable_tau: cfg.learnable_tau,
-                symmetric: cfg.symmetric,
-            };
-            let h = ContrastiveHeads::new(&heads_vs.root(), &dims, width, &names, loss, cfg.seed);
+            let h = ContrastiveHeads::new(&heads_vs.root(), &dims, width, &names, cfg);
             (Heads::Cl(Box::new(h)), Some(dims))
         }
-        Method::Regression => {
+        Objective::Regression => {
             let v: Vec<i64> = voxels.iter().map(|&v| v as i64).collect();
             let h = RegressionHeads::new(&heads_vs.root(), width, &names, &v, cfg.seed);
             (Heads::Regression(h), None)
@@ -177,7 +173,7 @@ pub fn finetune_with(
     };
     let adam = Adam::new(
         AdamConfig {
-            lr: cfg.lr,
+            lr: cfg.lr(),
             beta1: cfg.adam_beta1,
             beta2: cfg.adam_beta2,
             eps: cfg.adam_eps,
@@ -264,17 +260,17 @@ pub fn finetune_with(
         }),
     )?;
 
-    if start_epoch > cfg.epochs {
+    if start_epoch > cfg.epochs() {
         tracing::warn!(
             checkpoint_epochs = start_epoch,
-            epochs = cfg.epochs,
+            epochs = cfg.epochs(),
             "the checkpoint is past the requested epochs: keeping its weights as they are"
         );
     }
     let mut last_good = existing_checkpoint(run, start_epoch)?;
     let (mut images, mut train_seconds) = (0usize, 0.0f64);
-    let mut completed = start_epoch >= cfg.epochs;
-    for e in start_epoch..cfg.epochs {
+    let mut completed = start_epoch >= cfg.epochs();
+    for e in start_epoch..cfg.epochs() {
         let epoch = e + 1;
         let epoch_start = Instant::now();
         let stats = t.train_epoch(e, last_good.as_deref())?;
@@ -293,9 +289,9 @@ pub fn finetune_with(
         last_good = Some(t.save_checkpoint(epoch, history.clone(), &fingerprint)?);
         run_dir::write_history(run, &history)?;
         if let Some(r) = history.last() {
-            tracing::info!(epoch, epochs = cfg.epochs, train_loss = r.train_loss, val_loss = ?r.val_loss, val_mi_bound = ?r.val_mi_bound, images_per_s = format!("{:.1}", r.images_per_s), seconds = format!("{:.1}", r.seconds), "epoch done");
+            tracing::info!(epoch, epochs = cfg.epochs(), train_loss = r.train_loss, val_loss = ?r.val_loss, val_mi_bound = ?r.val_mi_bound, images_per_s = format!("{:.1}", r.images_per_s), seconds = format!("{:.1}", r.seconds), "epoch done");
         }
-        if epoch == cfg.epochs {
+        if epoch == cfg.epochs() {
             completed = true;
         } else if opts.hooks.stop_after_epoch == Some(epoch) {
             tracing::warn!(epoch, "stopping early (hook)");
@@ -316,7 +312,7 @@ pub fn finetune_with(
         backbone: backbone_out,
         backbone_hash: t.backbone.weights_hash(),
         epochs_completed: history.len(),
-        epochs: cfg.epochs,
+        epochs: cfg.epochs(),
         completed,
         resumed_from_epoch: resumed_from,
         image: image.to_string(),
@@ -500,25 +496,6 @@ struct EpochStats {
 }
 
 impl Trainer<'_> {
-    fn non_finite(
-        &self,
-        what: &'static str,
-        value: f64,
-        epoch: usize,
-        place: String,
-        batch: Option<usize>,
-        last_good: Option<&Path>,
-    ) -> FinetuneError {
-        FinetuneError::NonFinite {
-            what,
-            value,
-            epoch,
-            place,
-            batch,
-            last_good: last_good.map(Path::to_path_buf),
-        }
-    }
-
     /// One epoch (0-based `e`): every batch of subject 1, then subject 2, ...
     fn train_epoch(
         &mut self,
@@ -543,7 +520,7 @@ impl Trainer<'_> {
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
-        bar.set_prefix(format!("epoch {epoch}/{}", cfg.epochs));
+        bar.set_prefix(format!("epoch {epoch}/{}", cfg.epochs()));
         let (mut sum, mut n_batches, mut images, mut seconds) = (0.0f64, 0usize, 0usize, 0.0f64);
         let mut global_batch = 0usize;
         for (si, batches) in plans.iter().enumerate() {
@@ -581,14 +558,14 @@ impl Trainer<'_> {
                         bi + 1,
                         batches.len()
                     );
-                    return Err(self.non_finite(
-                        "training",
+                    return Err(FinetuneError::NonFinite {
+                        what: "training",
                         value,
                         epoch,
                         place,
-                        Some(global_batch),
-                        last_good,
-                    ));
+                        batch: Some(global_batch),
+                        last_good: last_good.map(Path::to_path_buf),
+                    });
                 }
                 sum += value;
                 n_batches += 1;
@@ -828,7 +805,14 @@ impl Trainer<'_> {
             })?;
             if !loss.is_finite() {
                 let place = format!("validation of {}", sd.info.subject);
-                return Err(self.non_finite("validation", loss, epoch, place, None, last_good));
+                return Err(FinetuneError::NonFinite {
+                    what: "validation",
+                    value: loss,
+                    epoch,
+                    place,
+                    batch: None,
+                    last_good: last_good.map(Path::to_path_buf),
+                });
             }
             losses.push(loss);
             mis.extend(mi);

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use crate::backbones::{Arch, BackboneError};
 use crate::encoding::EncodingError;
-use crate::error::DataError;
+use vcl_dataset::DataError;
 
 /// What can go wrong exporting a run; each variant names the file, tap or value.
 #[derive(Debug, thiserror::Error)]

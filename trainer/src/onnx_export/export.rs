@@ -18,12 +18,10 @@ use tch::{Device, Kind, Tensor};
 use super::error::ExportError;
 use super::graph::{IR_VERSION, OPSET};
 use super::model::{self, BuiltModel, Comparison, EncoderSet, RoiHead, TapProjection};
-use crate::algonauts::{Dataset, Hemisphere, Subject};
 use crate::backbones::{Arch, Backbone};
 use crate::encoding::evaluate::{Evaluation, RoiResult};
 use crate::encoding::fit::FitRecord;
 use crate::encoding::store::{self, StoredEncoder};
-use crate::features::Pooling;
 use vcl_contract::manifest::{
     self as contract, AlphaSummary, BackboneSpec, Dim, InputSpec, Manifest, Method, ModelInfo,
     OutputsSpec, Provenance, RoiEvaluation, RoiSpec, TensorSpec, TrainingSpec, Verification,
@@ -31,34 +29,35 @@ use vcl_contract::manifest::{
 };
 use vcl_contract::repository as contract_repo;
 use vcl_contract::runtime::{self, DeviceChoice, Runtime};
+use vcl_dataset::algonauts::{Dataset, Hemisphere, Subject};
 
-/// How to export.
-#[derive(Clone, Debug)]
+/// How to export: `vcl export`'s flags besides the runs and the repository.
+#[derive(Clone, Debug, clap::Args)]
 pub struct ExportOptions {
     /// Held-out images each model is checked on (ONNX Runtime against libtorch).
+    #[arg(long, default_value_t = 8)]
     pub verify_images: usize,
     /// Largest relative difference accepted (see `model::compare`).
+    #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f64,
-    /// libonnxruntime.so to check with (None: `runtime::default_dylib_path()`).
+    /// libonnxruntime.so to verify with (default: the venv's onnxruntime wheel).
+    #[arg(long = "ort-dylib-path", env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,
-    /// Commit recorded as provenance (None: asks git about the current directory).
+    /// Commit recorded as provenance (default: asks git about the current directory).
+    #[arg(long)]
     pub git_commit: Option<String>,
-    /// One model per ROI even where a bundle is possible (untuned runs).
+    /// One model per ROI even where ROIs could share a backbone in one model.
+    #[arg(long)]
     pub per_roi: bool,
     /// ONNX Runtime intra-op threads for the check (0: ORT decides).
+    #[arg(long = "verify-threads", default_value_t = 0)]
     pub threads: usize,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions {
-            verify_images: 8,
-            tolerance: 1e-4,
-            ort_dylib: None,
-            git_commit: None,
-            per_roi: false,
-            threads: 0,
-        }
+        crate::config::from_flags(std::iter::empty::<&str>())
+            .expect("the flags' own defaults parse")
     }
 }
 
@@ -126,16 +125,7 @@ pub fn load_run(run: &Path, per_roi: bool) -> Result<RunContents, ExportError> {
     }
     let record: FitRecord = store::read_json(&fit_json)?;
     let cfg = &record.config;
-    let method = Method::from_label(&cfg.method).ok_or_else(|| {
-        ExportError::file(
-            &fit_json,
-            format!(
-                "config.method '{}' names no known method ({})",
-                cfg.method,
-                Method::ALL.map(Method::name).join(", ")
-            ),
-        )
-    })?;
+    let method = cfg.method;
     let mut encoders = store::load_encoders(run)?;
     if encoders.is_empty() {
         return Err(ExportError::file(
@@ -143,7 +133,7 @@ pub fn load_run(run: &Path, per_roi: bool) -> Result<RunContents, ExportError> {
             "holds no encoders",
         ));
     }
-    let backbone = Backbone::load(cfg.arch, &cfg.weights, Device::Cpu)?;
+    let backbone = Backbone::load(cfg.arch, &cfg.weights(), Device::Cpu)?;
     let hash = backbone.weights_hash();
     for e in &encoders {
         let path = encoder_json(run, e);
@@ -162,7 +152,7 @@ pub fn load_run(run: &Path, per_roi: bool) -> Result<RunContents, ExportError> {
                 format!(
                     "fitted on weights with hash {}, but {} now hashes to {hash}",
                     e.meta.weights_hash,
-                    cfg.weights.display()
+                    cfg.weights().display()
                 ),
             ));
         }
@@ -205,7 +195,7 @@ pub fn load_run(run: &Path, per_roi: bool) -> Result<RunContents, ExportError> {
             .or_default()
             .push(i);
     }
-    let label = store::safe_name(&cfg.method);
+    let label = store::safe_name(&cfg.label());
     let mut bundles = Vec::new();
     for ((subject, hemisphere, _), members) in groups {
         let name = if bundle_all {
@@ -357,20 +347,6 @@ struct Staged {
     comparison: Comparison,
 }
 
-fn to_contract_hemisphere(h: Hemisphere) -> contract::Hemisphere {
-    match h {
-        Hemisphere::Left => contract::Hemisphere::Left,
-        Hemisphere::Right => contract::Hemisphere::Right,
-    }
-}
-
-fn to_contract_pooling(p: Pooling) -> contract::Pooling {
-    match p {
-        Pooling::None => contract::Pooling::None,
-        Pooling::AdaptiveAvg { grid } => contract::Pooling::AdaptiveAvg { grid },
-    }
-}
-
 fn to_u32(v: &[usize], what: &str) -> Result<Vec<u32>, ExportError> {
     v.iter()
         .map(|&i| {
@@ -422,14 +398,9 @@ fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
         let m = &e.meta;
         let head = &p.bundle.set.heads[j];
         let sl = &p.built.slices[j];
-        let alpha = AlphaSummary::of(
-            match m.alpha_mode {
-                store::AlphaMode::Voxel => contract::AlphaMode::Voxel,
-                store::AlphaMode::Roi => contract::AlphaMode::Roi,
-            },
-            &m.alphas,
-        )
-        .ok_or_else(|| ExportError::file(&encoder_json(&p.contents.run, e), "alphas is empty"))?;
+        let alpha = AlphaSummary::of(m.alpha_mode, &m.alphas).ok_or_else(|| {
+            ExportError::file(&encoder_json(&p.contents.run, e), "alphas is empty")
+        })?;
         let evaluation = p.contents.evaluation.as_ref().and_then(|ev| {
             ev.results
                 .iter()
@@ -449,7 +420,7 @@ fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
                 .map(|f| to_u32(f, "fsaverage"))
                 .transpose()?,
             tap: m.tap.clone(),
-            pooling: to_contract_pooling(m.pooling),
+            pooling: m.pooling,
             feature_dim: p.built.feature_dims[head.projection],
             pca_components: m.pca_components,
             alpha,
@@ -469,7 +440,7 @@ fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
             ir_version: IR_VERSION,
         },
         subject: p.bundle.subject.clone(),
-        hemisphere: to_contract_hemisphere(p.bundle.hemisphere),
+        hemisphere: p.bundle.hemisphere,
         input: InputSpec::rgb_square(size),
         outputs: OutputsSpec {
             voxels: float(
@@ -485,12 +456,12 @@ fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
         backbone: BackboneSpec {
             arch: cfg.arch.name().into(),
             weights_hash: first.weights_hash.clone(),
-            weights_file: cfg.weights.display().to_string(),
+            weights_file: cfg.weights().display().to_string(),
             batchnorm_folded: cfg.arch != Arch::AlexNet,
         },
         training: TrainingSpec {
             method: p.contents.method,
-            method_label: cfg.method.clone(),
+            method_label: cfg.label(),
             heldout_fraction: cfg.heldout_fraction,
             split_seed: cfg.split_seed,
             n_train_images: first.n_train_images,

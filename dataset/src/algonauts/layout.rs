@@ -1,11 +1,7 @@
 //! File names of the Algonauts 2023 release (NSD), plus the files only the in-silico
 //! brain writes (noise ceiling, noiseless truth, generator parameters).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
 
 /// ROI mask families, in the order of the Algonauts release.
 pub const FAMILIES: [&str; 6] = [
@@ -20,41 +16,8 @@ pub const FAMILIES: [&str; 6] = [
 /// Name of the generator's parameter file at the top of a synthesized dataset.
 pub const IN_SILICO_PARAMS: &str = "in_silico.json";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Hemisphere {
-    #[serde(rename = "lh")]
-    Left,
-    #[serde(rename = "rh")]
-    Right,
-}
-
-impl Hemisphere {
-    pub const BOTH: [Hemisphere; 2] = [Hemisphere::Left, Hemisphere::Right];
-
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Hemisphere::Left => "lh",
-            Hemisphere::Right => "rh",
-        }
-    }
-}
-
-impl fmt::Display for Hemisphere {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.prefix())
-    }
-}
-
-impl FromStr for Hemisphere {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "lh" | "left" | "l" => Ok(Hemisphere::Left),
-            "rh" | "right" | "r" => Ok(Hemisphere::Right),
-            other => Err(format!("unknown hemisphere '{other}' (expected lh or rh)")),
-        }
-    }
-}
+/// The manifest's type: one definition for the data, the trainer and the server.
+pub use vcl_contract::manifest::Hemisphere;
 
 /// Paths inside one subject's folder, `DATA_DIR/subjXX/`.
 #[derive(Debug, Clone)]

@@ -41,16 +41,23 @@ pub use stimuli::PhotoSet;
 
 use crate::error::DataError;
 
-/// What `vcl synth` asks for.
-#[derive(Clone, Debug)]
+/// What `vcl synth` (and `vcl-data synth`) asks for: the command's flags, defined once.
+#[derive(Clone, Debug, clap::Args)]
 pub struct SynthConfig {
+    /// Size preset: tiny (seconds, tests), demo (CPU demo), nsd (full NSD scale).
+    #[arg(long, value_enum, default_value = "demo")]
     pub preset: Preset,
-    /// Dataset root; subjects go to `out/subjXX/`.
+    /// Dataset root, created; subjects go to `out/subjXX/`.
+    #[arg(long)]
     pub out: PathBuf,
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Overrides the preset's subject count.
+    /// Number of simulated subjects (default: the preset's).
+    #[arg(long)]
     pub subjects: Option<u32>,
-    /// Folder of real photos the stimuli are cut from.
+    /// Folder of real photos to cut stimuli from (default: what set-up installed, or
+    /// VCL_PHOTOS_DIR).
+    #[arg(long = "photos", value_name = "DIR", default_value_os_t = crate::paths::photos_dir())]
     pub photos_dir: PathBuf,
 }
 

@@ -8,6 +8,30 @@ use serde::Serialize;
 use super::{Dataset, Hemisphere};
 use crate::error::Result;
 
+/// What `vcl inspect` asks for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectConfig {
+    /// Dataset folder (holds subj01, ...).
+    pub data_dir: PathBuf,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The report `vcl inspect` prints: Markdown, or JSON with `json`.
+pub fn inspect(cfg: &InspectConfig) -> Result<String> {
+    let s = summarize(&Dataset::open(&cfg.data_dir)?)?;
+    if cfg.json {
+        serde_json::to_string_pretty(&s)
+            .map(|j| j + "\n")
+            .map_err(|e| {
+                crate::DataError::Invalid(format!("summary of {}: {e}", cfg.data_dir.display()))
+            })
+    } else {
+        Ok(s.to_markdown())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DatasetSummary {
     pub root: PathBuf,

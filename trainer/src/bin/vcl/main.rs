@@ -1,0 +1,99 @@
+//! `vcl`: the trainer's command line. One module per command group, in the order of
+//! the data flow (dataset -> fit -> fine-tune -> export, then the analyses and the
+//! report); every command's flags are its library configuration type, flattened here.
+
+mod analyses;
+mod data;
+mod export;
+mod finetune;
+mod fit;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use vcl_dataset::algonauts::summary::InspectConfig;
+use vcl_dataset::synth::SynthConfig;
+use vcl_trainer::analysis::{LandscapeConfig, LateralizationConfig, MiConfig, ProbeConfig};
+use vcl_trainer::compare::CompareConfig;
+use vcl_trainer::encoding::evaluate::EvaluateConfig;
+use vcl_trainer::report::ReportConfig;
+use vcl_trainer::transfer::TransferConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vcl",
+    version,
+    about = "Fine-tune CNNs on visual-cortex fMRI and fit voxel encoders"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Synthesize an in-silico brain in the Algonauts 2023 layout.
+    Synth(SynthConfig),
+    /// Summarize a dataset folder: subjects, images, vertices per ROI, noise ceilings.
+    Inspect(InspectConfig),
+    /// Fit voxel encoders (tap features -> PCA -> ridge) inside the training split.
+    Fit(fit::FitArgs),
+    /// Score a fit's encoders once on the held-out split; write tables and plots.
+    Evaluate(EvaluateConfig),
+    /// Compare evaluated runs (untuned, regression, cl, pooled) per ROI.
+    Compare(CompareConfig),
+    /// Export a fit's encoders (backbone + PCA + ridge) as verified ONNX models.
+    Export(export::ExportArgs),
+    /// Fine-tune a backbone for one ROI: contrastive (the paper's) or regression.
+    Finetune(finetune::FinetuneArgs),
+    /// Cross-subject transfer: tuned backbones as frozen extractors for other subjects.
+    Transfer(TransferConfig),
+    /// Where each ROI model of a fit looks: saliency (gradient, Grad-CAM) and its
+    /// left-right and upper-lower indices on held-out images.
+    Lateralization(LateralizationConfig),
+    /// The contrastive MI lower bound of fine-tuning runs on held-out images.
+    Mi(MiConfig),
+    /// How much recognition tuned backbones keep: a logistic-regression probe (faces
+    /// vs non-faces, and which photo a crop came from), untuned vs each run.
+    Probe(ProbeConfig),
+    /// Bhattacharyya distances between backbones' class predictions, embedded by MDS.
+    Landscape(LandscapeConfig),
+    /// One self-contained HTML page (and Markdown) of a folder of runs and analyses.
+    Report(ReportConfig),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // Before libtorch allocates anything: keeps glibc from handing activation buffers
+    // back to the kernel every step (2-3x faster CPU training).
+    let tuning = vcl_trainer::finetune::tune_allocator();
+    let cli = Cli::parse();
+    tracing::debug!(?tuning, "allocator");
+    match cli.command {
+        Command::Synth(c) => data::synth(&c),
+        Command::Inspect(c) => data::inspect(&c),
+        Command::Fit(a) => fit::fit(&a),
+        Command::Evaluate(c) => fit::evaluate(&c.run),
+        Command::Compare(c) => fit::compare(&c),
+        Command::Transfer(c) => fit::transfer(&c),
+        Command::Export(a) => export::export(&a),
+        Command::Finetune(a) => finetune::finetune(&a),
+        Command::Lateralization(c) => analyses::lateralization(&c),
+        Command::Mi(c) => analyses::mi(&c),
+        Command::Probe(c) => analyses::probe(&c),
+        Command::Landscape(c) => analyses::landscape(&c),
+        Command::Report(c) => analyses::report(&c),
+    }
+}
+
+/// CUDA when libtorch sees a GPU, else the CPU.
+fn device() -> tch::Device {
+    let d = tch::Device::cuda_if_available();
+    tracing::info!(device = ?d, "libtorch device");
+    d
+}
