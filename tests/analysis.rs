@@ -7,9 +7,9 @@ use std::ffi::OsStr;
 use vcl_dataset::algonauts::Hemisphere;
 use vcl_dataset::paths;
 use vcl_trainer::analysis::{lateralization, LateralizationConfig, MiConfig};
-use vcl_trainer::backbones::{Arch, Device};
 use vcl_trainer::config::from_flags;
-use vcl_trainer::encoding::{self, FitConfig, Method};
+use vcl_trainer::features::backbones::{Arch, Device};
+use vcl_trainer::model::encoding::{self, FitConfig, Method};
 
 /// An untuned 64 px fit of subj01's left V1 at features.6, per-voxel ridge, a quarter
 /// held out: what each test changes a field of.
@@ -96,7 +96,7 @@ fn early_visual_saliency_is_contralateral_and_follows_the_vertical_field() {
 
 #[test]
 fn mi_probe_and_landscape_of_tuned_and_frozen_runs() {
-    use vcl_trainer::finetune::{self, FinetuneConfig, Objective};
+    use vcl_trainer::model::finetune::{self, FinetuneConfig, Objective};
     let dir = tempfile::tempdir().unwrap();
     let (_data_dir, data) = vcl_tests::tiny_dataset(9, 1);
     let cache = dir.path().join("cache");
@@ -246,7 +246,7 @@ fn chromium() -> Option<std::path::PathBuf> {
 
 #[test]
 fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
-    use vcl_trainer::finetune::{self, FinetuneConfig, Objective};
+    use vcl_trainer::model::finetune::{self, FinetuneConfig, Objective};
     let dir = tempfile::tempdir().unwrap();
     let (_data_dir, data) = vcl_tests::tiny_dataset(4, 1);
     let runs = dir.path().join("runs");
@@ -287,7 +287,12 @@ fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
     )
     .unwrap();
     encoding::evaluate(&cl_fit, &cache, Device::Cpu).unwrap();
-    vcl_trainer::compare::compare(&[untuned.clone(), cl_fit], None, &runs.join("compare")).unwrap();
+    vcl_trainer::analysis::compare::compare(
+        &[untuned.clone(), cl_fit],
+        None,
+        &runs.join("compare"),
+    )
+    .unwrap();
     let lat = LateralizationConfig {
         images: 4,
         overlays: 2,

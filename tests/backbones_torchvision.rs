@@ -11,9 +11,9 @@ use std::sync::OnceLock;
 use ndarray::{Array2, Array4};
 use vcl_dataset::{npy, paths};
 use vcl_tests::{python, run_python};
-use vcl_trainer::backbones::{Arch, Backbone, BackboneError, Device};
+use vcl_trainer::features::backbones::{Arch, Backbone, BackboneError, Device};
+use vcl_trainer::features::images::{self, PixelCache, IMAGENET_MEAN, IMAGENET_STD};
 use vcl_trainer::features::{extract, ExtractOptions};
-use vcl_trainer::images::{self, PixelCache, IMAGENET_MEAN, IMAGENET_STD};
 
 const PHOTOS: [&str; 4] = ["chelsea.png", "astronaut.png", "coffee.png", "rocket.jpg"];
 /// ImageNet's cat classes (tabby, tiger cat, Persian, Siamese, Egyptian cat).

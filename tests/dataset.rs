@@ -8,7 +8,7 @@ use ndarray::Array2;
 use vcl_dataset::algonauts::{Dataset, Hemisphere};
 use vcl_dataset::npy;
 use vcl_tests::{run_python, vcl};
-use vcl_trainer::images::PixelCache;
+use vcl_trainer::features::images::PixelCache;
 
 /// One tiny in-silico dataset per test process (synthesized by the library).
 fn tiny() -> &'static Path {

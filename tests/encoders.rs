@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use vcl_dataset::paths;
 use vcl_tests::vcl;
-use vcl_trainer::backbones::Device;
-use vcl_trainer::encoding::{self, AlphaMode, FitConfig};
+use vcl_trainer::features::backbones::Device;
+use vcl_trainer::model::encoding::{self, AlphaMode, FitConfig};
 
 fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();

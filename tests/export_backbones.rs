@@ -7,15 +7,15 @@
 use ndarray::{Array2, Array4};
 use vcl_dataset::{npy, paths};
 use vcl_tests::run_python;
-use vcl_trainer::backbones::{Arch, Backbone, Device};
-use vcl_trainer::features::Pooling;
-use vcl_trainer::images;
-use vcl_trainer::onnx_export::contract::runtime::{self, Runtime};
-use vcl_trainer::onnx_export::{
-    build_model, predict_libtorch, verify_with_ort, EncoderSet, ExportOptions, RoiHead,
+use vcl_trainer::export::contract::runtime::{self, Runtime};
+use vcl_trainer::export::{
+    build_model, predict_libtorch, verify_with_ort, EncoderSet, ExportOptions, OrtCheck, RoiHead,
     TapProjection,
 };
-use vcl_trainer::ridge::{Kind, Tensor};
+use vcl_trainer::features::backbones::{Arch, Backbone, Device};
+use vcl_trainer::features::images;
+use vcl_trainer::features::Pooling;
+use vcl_trainer::model::ridge::{Kind, Tensor};
 
 /// Deterministic values in [-1, 1) (a 64-bit LCG): no global RNG, so parallel tests
 /// cannot disturb each other.
@@ -174,8 +174,13 @@ fn check(mut backbone: Backbone, random_bn: bool, size: usize, taps: &[(&str, Po
     // ONNX Runtime from Rust, as `vcl export` checks every model it writes.
     let rt = Runtime::shared(&runtime::default_dylib_path().unwrap()).unwrap();
     let opts = ExportOptions::default();
-    let rust_ort = verify_with_ort(rt, &model, arch.name(), &x, &pred, &opts)
-        .unwrap_or_else(|e| panic!("{arch}: {e}"));
+    let check = OrtCheck {
+        model: &model,
+        name: arch.name(),
+        images: &x,
+        reference: &pred,
+    };
+    let rust_ort = verify_with_ort(rt, &check, &opts).unwrap_or_else(|e| panic!("{arch}: {e}"));
 
     // Python's onnx checker and onnxruntime, on the same input file.
     let (xp, vp, mp) = (

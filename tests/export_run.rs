@@ -11,12 +11,12 @@ use ndarray::{Array2, Array4};
 use vcl_dataset::algonauts::Dataset;
 use vcl_dataset::npy;
 use vcl_tests::run_python;
-use vcl_trainer::backbones::Device;
-use vcl_trainer::encoding::{self, FitConfig};
-use vcl_trainer::onnx_export::contract::manifest::{self, Manifest, Method};
-use vcl_trainer::onnx_export::contract::runtime;
-use vcl_trainer::onnx_export::{export, heldout_images, load_run, predict_libtorch, ExportOptions};
-use vcl_trainer::ridge::{Kind, Tensor};
+use vcl_trainer::export::contract::manifest::{self, Manifest, Method};
+use vcl_trainer::export::contract::runtime;
+use vcl_trainer::export::{export, heldout_images, load_run, predict_libtorch, ExportOptions};
+use vcl_trainer::features::backbones::Device;
+use vcl_trainer::model::encoding::{self, FitConfig};
+use vcl_trainer::model::ridge::{Kind, Tensor};
 
 fn tiny() -> &'static Path {
     static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
@@ -270,7 +270,9 @@ fn versions_count_up_and_tuned_runs_export_one_model_per_roi() {
     std::fs::write(&fit_json, text.replace("\"untuned\"", "\"imagenet-ish\"")).unwrap();
     let e = export(&run, repo.path(), &opts).unwrap_err().to_string();
     assert!(
-        e.contains("imagenet-ish") && e.contains("fit.json") && e.contains("`untuned`, `regression`"),
+        e.contains("imagenet-ish")
+            && e.contains("fit.json")
+            && e.contains("`untuned`, `regression`"),
         "{e}"
     );
 }

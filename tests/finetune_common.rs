@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use vcl_dataset::algonauts::Hemisphere;
-use vcl_trainer::finetune::{FinetuneConfig, Objective};
+use vcl_trainer::model::finetune::{FinetuneConfig, Objective};
 
 /// Tiny preset, 2 subjects: 48 training images of 64 px each.
 pub fn tiny() -> &'static Path {

@@ -3,8 +3,8 @@
 
 use tch::{Device, Kind, Tensor};
 use vcl_dataset::algonauts::Hemisphere;
-use vcl_trainer::backbones::{Arch, Backbone, IMAGENET_CLASSES};
-use vcl_trainer::finetune::{
+use vcl_trainer::features::backbones::{Arch, Backbone, IMAGENET_CLASSES};
+use vcl_trainer::model::finetune::{
     info_nce, mi_lower_bound, Adam, AdamConfig, ClDims, ContrastiveHeads, FinetuneConfig, Objective,
 };
 

@@ -6,8 +6,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use vcl_trainer::backbones::{Backbone, Device};
-use vcl_trainer::finetune::{self, Objective};
+use vcl_trainer::features::backbones::{Backbone, Device};
+use vcl_trainer::model::finetune::{self, Objective};
 
 #[test]
 fn pooled_contrastive_model_trains_on_two_subjects() {

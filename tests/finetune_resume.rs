@@ -7,8 +7,8 @@ mod common;
 
 use std::path::Path;
 
-use vcl_trainer::backbones::{Backbone, Device};
-use vcl_trainer::finetune::{
+use vcl_trainer::features::backbones::{Backbone, Device};
+use vcl_trainer::model::finetune::{
     self, checkpoint, finetune_with, FinetuneError, Hooks, Objective, RunOptions,
 };
 

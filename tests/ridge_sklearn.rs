@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use ndarray::{Array2, ArrayView1, ArrayView2, Axis};
 use vcl_dataset::npy;
 use vcl_tests::run_python;
-use vcl_trainer::ridge::{
+use vcl_trainer::model::ridge::{
     self, fit_pca, fit_pca_with, matrix_to_tensor, predict, ridge_cv, solve_ridge_svd,
     tensor_to_matrix, tensor_to_vec, Device, PcaSolver, RidgeCvConfig, Scorer, Tensor,
 };

@@ -17,9 +17,9 @@ use vcl_server::repository::{self, Live};
 use vcl_server::runtime::DeviceChoice;
 use vcl_server::Config;
 use vcl_tests::{python, run_python, serve_bin};
-use vcl_trainer::backbones::Device;
-use vcl_trainer::encoding::{self, FitConfig};
-use vcl_trainer::onnx_export::{export, ExportOptions};
+use vcl_trainer::export::{export, ExportOptions};
+use vcl_trainer::features::backbones::Device;
+use vcl_trainer::model::encoding::{self, FitConfig};
 
 /// The tiny fit's repository, made once per test process under target/tmp; each test
 /// copies what it changes.

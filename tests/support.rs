@@ -101,7 +101,7 @@ pub fn preset_dataset(
 /// The test suite's fit: `vcl fit`'s own defaults (as `FitConfig`'s flags define them)
 /// for subj01 of `data` at 64 px, a quarter held out, batches of 16, conv taps capped
 /// at 8192 values. Tests change the fields they are about.
-pub fn fit_config(data: &Path) -> vcl_trainer::encoding::FitConfig {
+pub fn fit_config(data: &Path) -> vcl_trainer::model::encoding::FitConfig {
     let flags = [
         "--subjects=subj01",
         "--input-size=64",

@@ -3,10 +3,10 @@
 //! their untuned encoders; then `compare` on the untuned and tuned runs.
 
 use vcl_dataset::algonauts::Hemisphere;
-use vcl_trainer::backbones::Device;
-use vcl_trainer::encoding::{self, FitConfig, Method};
-use vcl_trainer::finetune::{self, FinetuneConfig, Objective};
-use vcl_trainer::{compare, transfer};
+use vcl_trainer::features::backbones::Device;
+use vcl_trainer::model::encoding::{self, FitConfig, Method};
+use vcl_trainer::model::finetune::{self, FinetuneConfig, Objective};
+use vcl_trainer::{analysis::compare, analysis::transfer};
 
 #[test]
 fn transfer_matrix_and_comparison_on_tiny() {

@@ -483,17 +483,23 @@ pub struct Verification {
 
 /// SHA-256 (lowercase hex) of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String, ContractError> {
-    let mut f = std::fs::File::open(path).map_err(|e| ContractError::io(path, e))?;
     let mut h = Sha256::new();
+    hash_file(&mut h, path)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Feeds a file's bytes into `h`, 1 MiB at a time (the one streamed read of every
+/// checksum and fingerprint: models, fMRI files).
+pub fn hash_file(h: &mut Sha256, path: &Path) -> Result<(), ContractError> {
+    let mut f = std::fs::File::open(path).map_err(|e| ContractError::io(path, e))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).map_err(|e| ContractError::io(path, e))?;
         if n == 0 {
-            break;
+            return Ok(());
         }
         h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
 }
 
 impl Manifest {

@@ -184,13 +184,13 @@ pub fn manifest(name: &str, size: u32, rois: &[(&str, usize)]) -> Manifest {
 }
 
 /// Publishes `<root>/<name>/<version>/` with a stand-in `model.onnx` holding `model`
-/// (see [`fake_opener`]) and a manifest whose checksum matches it.
+/// (see [`fake_opener`]) and a manifest of `(input size, ROIs)` as [`manifest`] makes
+/// it, whose checksum matches the model.
 pub fn write_version(
     root: &std::path::Path,
     name: &str,
     version: u32,
-    size: u32,
-    rois: &[(&str, usize)],
+    (size, rois): (u32, &[(&str, usize)]),
     model: &[u8],
 ) -> std::path::PathBuf {
     let dir = root.join(name).join(version.to_string());

@@ -63,13 +63,13 @@ fn get(uri: &str) -> test::TestRequest {
 async fn start_up_serves_the_newest_version_that_loads_and_readiness_names_failures() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    testing::write_version(root, "a", 1, SIZE, ROIS, b"v1");
-    testing::write_version(root, "a", 2, SIZE, ROIS, b"v2");
-    testing::write_version(root, "a", 3, SIZE, ROIS, b"corrupt");
+    testing::write_version(root, "a", 1, (SIZE, ROIS), b"v1");
+    testing::write_version(root, "a", 2, (SIZE, ROIS), b"v2");
+    testing::write_version(root, "a", 3, (SIZE, ROIS), b"corrupt");
     // A version whose model file changed after export: the checksum refuses it.
-    let v4 = testing::write_version(root, "a", 4, SIZE, ROIS, b"v4");
+    let v4 = testing::write_version(root, "a", 4, (SIZE, ROIS), b"v4");
     std::fs::write(v4.join("model.onnx"), b"v4, edited").unwrap();
-    testing::write_version(root, "warm-fails", 1, SIZE, ROIS, b"fail");
+    testing::write_version(root, "warm-fails", 1, (SIZE, ROIS), b"fail");
     let (_live, state) = serve(root);
     let app = test::init_service(App::new().configure(configure(state))).await;
     let (s, v) = send!(&app, get("/v1/models/a"));
@@ -115,8 +115,8 @@ async fn start_up_serves_the_newest_version_that_loads_and_readiness_names_failu
 async fn deleted_models_and_a_deleted_repository() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("repo");
-    testing::write_version(&root, "a", 1, SIZE, ROIS, b"v1");
-    testing::write_version(&root, "b", 1, SIZE, ROIS, b"v1");
+    testing::write_version(&root, "a", 1, (SIZE, ROIS), b"v1");
+    testing::write_version(&root, "b", 1, (SIZE, ROIS), b"v1");
     let (live, state) = serve(&root);
     let app = test::init_service(App::new().configure(configure(state))).await;
 
@@ -152,10 +152,10 @@ async fn deleted_models_and_a_deleted_repository() {
 async fn failing_backends_are_reported_and_reopened() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    testing::write_version(root, "ok", 1, SIZE, ROIS, b"v1");
-    testing::write_version(root, "panics", 1, SIZE, ROIS, b"panic");
-    testing::write_version(root, "flaky", 1, SIZE, ROIS, b"flaky");
-    testing::write_version(root, "short", 1, SIZE, ROIS, b"short");
+    testing::write_version(root, "ok", 1, (SIZE, ROIS), b"v1");
+    testing::write_version(root, "panics", 1, (SIZE, ROIS), b"panic");
+    testing::write_version(root, "flaky", 1, (SIZE, ROIS), b"flaky");
+    testing::write_version(root, "short", 1, (SIZE, ROIS), b"short");
     let (live, state) = serve(root);
     let app = test::init_service(App::new().configure(configure(state))).await;
     assert_eq!(send!(&app, get("/readyz")).0, 200);

@@ -128,8 +128,7 @@ fn server(tweak: impl FnOnce(&mut Config)) -> (SocketAddr, tempfile::TempDir) {
         dir.path(),
         "m",
         1,
-        8,
-        &[("R", 1), ("G", 1), ("B", 1)],
+        (8, &[("R", 1), ("G", 1), ("B", 1)]),
         b"v1",
     );
     let mut cfg = Config::defaults();

@@ -762,8 +762,8 @@ async fn reload_swaps_new_versions_whole_and_keeps_old_ones_on_failure() {
     let handle = metrics_handle();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    testing::write_version(root, "a", 1, SIZE, ROIS, b"v1");
-    testing::write_version(root, "b", 1, SIZE, ROIS, b"v1");
+    testing::write_version(root, "a", 1, (SIZE, ROIS), b"v1");
+    testing::write_version(root, "b", 1, (SIZE, ROIS), b"v1");
     let mut cfg = Config::defaults();
     cfg.model_repository = root.to_path_buf();
     let live = Arc::new(Live::load(&cfg, testing::fake_opener()).unwrap());
@@ -784,10 +784,10 @@ async fn reload_swaps_new_versions_whole_and_keeps_old_ones_on_failure() {
 
     // a: version 2 with two ROIs; b: version 2 that fails its warm-up; c: new; and an
     // unfinished version folder that must be ignored.
-    testing::write_version(root, "a", 2, SIZE, &[("R", 1), ("G", 1)], b"v2");
-    testing::write_version(root, "b", 2, SIZE, ROIS, b"fail");
-    testing::write_version(root, "c", 1, SIZE, ROIS, b"v1");
-    testing::write_version(root, "d", 1, SIZE, ROIS, b"corrupt");
+    testing::write_version(root, "a", 2, (SIZE, &[("R", 1), ("G", 1)]), b"v2");
+    testing::write_version(root, "b", 2, (SIZE, ROIS), b"fail");
+    testing::write_version(root, "c", 1, (SIZE, ROIS), b"v1");
+    testing::write_version(root, "d", 1, (SIZE, ROIS), b"corrupt");
     std::fs::create_dir_all(root.join("a/.partial-3")).unwrap();
     let (s, report) = send!(&app, test::TestRequest::post().uri("/v1/repository/reload"));
     assert_eq!(s, 200, "{report}");
@@ -869,7 +869,7 @@ async fn predictions_keep_flowing_while_a_reload_swaps_versions() {
     let handle = metrics_handle();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    testing::write_version(root, "m", 1, SIZE, ROIS, b"v1");
+    testing::write_version(root, "m", 1, (SIZE, ROIS), b"v1");
     let mut cfg = Config::defaults();
     cfg.model_repository = root.to_path_buf();
     let live = Arc::new(Live::load(&cfg, testing::fake_opener()).unwrap());
@@ -902,7 +902,7 @@ async fn predictions_keep_flowing_while_a_reload_swaps_versions() {
         .collect();
     started.wait();
     for version in 2..=6 {
-        testing::write_version(root, "m", version, SIZE, ROIS, b"v");
+        testing::write_version(root, "m", version, (SIZE, ROIS), b"v");
         let r = live.reload().unwrap();
         assert_eq!(r.updated.len(), 1, "{r:?}");
         std::thread::sleep(Duration::from_millis(20));

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use tch::{Device, Kind, Tensor};
-use vcl_trainer::ridge::{ridge_cv, RidgeCvConfig};
+use vcl_trainer::model::ridge::{ridge_cv, RidgeCvConfig};
 
 #[derive(Parser)]
 struct Cli {
@@ -45,7 +45,7 @@ enum Cmd {
         data: PathBuf,
         #[arg(long, default_value_t = 5)]
         folds: usize,
-        #[arg(long, default_value_t = vcl_trainer::ridge::DEFAULT_VOXEL_BATCH)]
+        #[arg(long, default_value_t = vcl_trainer::model::ridge::DEFAULT_VOXEL_BATCH)]
         voxel_batch: usize,
         /// cpu or cuda
         #[arg(long, default_value = "cpu")]

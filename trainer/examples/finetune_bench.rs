@@ -10,8 +10,8 @@ use std::time::Instant;
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
 use vcl_dataset::algonauts::Hemisphere;
-use vcl_trainer::backbones::{Arch, Backbone, IMAGENET_CLASSES};
-use vcl_trainer::finetune::{
+use vcl_trainer::features::backbones::{Arch, Backbone, IMAGENET_CLASSES};
+use vcl_trainer::model::finetune::{
     self, Adam, AdamConfig, ClDims, ContrastiveHeads, FinetuneConfig, Objective,
 };
 

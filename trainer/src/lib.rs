@@ -1,19 +1,25 @@
-//! vcl's trainer: reads Algonauts 2023 / NSD data (or synthesizes an in-silico brain in
-//! the same layout), and turns it into voxel encoders.
+//! vcl's trainer: turns a dataset (the `vcl-dataset` crate: Algonauts 2023 / NSD
+//! layout or the in-silico brain) into voxel encoders, one folder per stage of the flow
+//! dataset -> features -> model -> export -> serve:
 //!
-//! Data flows one way: `algonauts` (dataset) -> `images` (pixels) -> features ->
-//! model -> export; `analysis` reads fitted models to ask what they learned.
+//! - [`features`]: the backbones (AlexNet, MobileNetV2, ResNets with torchvision's
+//!   names), the pixel cache, tap extraction and its cache;
+//! - [`model`]: the voxel encoders (`ridge`, `encoding`: fit, evaluate, store) and the
+//!   fine-tuning of backbones (`finetune`: contrastive and regression);
+//! - [`export`]: backbone + encoder as one verified ONNX model in the repository;
+//! - [`analysis`]: what fitted runs tell (compare, transfer, saliency, MI, probe, ...);
+//! - [`report`]: tables, plots and the one-page report of a folder of runs.
+//!
+//! [`config`] is how every command's configuration is built from its flags' defaults;
+//! [`error`] the library's error type.
 
 pub mod analysis;
-pub mod backbones;
-pub mod compare;
 pub mod config;
-pub mod encoding;
+pub mod error;
+pub mod export;
 pub mod features;
-pub mod finetune;
-pub mod images;
-pub mod onnx_export;
-pub mod plots;
+pub mod model;
+pub mod provenance;
 pub mod report;
-pub mod ridge;
-pub mod transfer;
+
+pub use error::{Error, Result};

@@ -73,17 +73,16 @@ pub(crate) fn synthesize_with(
     let mut summaries = Vec::new();
     for subject in 1..=n_subjects {
         bar.set_message(subject_dir_name(subject));
-        let (record, summary) = write_subject(
+        let run = Synthesis {
             cfg,
             params,
-            &photos,
-            &shared,
-            &ids,
-            subject,
-            &bar,
-            tap,
+            photos: &photos,
+            shared: &shared,
+            ids: &ids,
+            bar: &bar,
             keep_trials,
-        )?;
+        };
+        let (record, summary) = write_subject(&run, subject, tap)?;
         tracing::info!(
             "{}: {} + {} images, {} / {} vertices",
             summary.name,
@@ -231,18 +230,43 @@ impl IdPlan {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_subject(
-    cfg: &SynthConfig,
-    params: &PresetParams,
-    photos: &PhotoSet,
-    shared: &Arc<SharedModel>,
-    ids: &IdPlan,
-    subject: u32,
-    bar: &ProgressBar,
-    tap: &mut MeasurementTap<'_>,
+/// What every subject of one synthesis shares.
+#[derive(Clone, Copy)]
+struct Synthesis<'a> {
+    cfg: &'a SynthConfig,
+    params: &'a PresetParams,
+    photos: &'a PhotoSet,
+    shared: &'a Arc<SharedModel>,
+    ids: &'a IdPlan,
+    bar: &'a ProgressBar,
+    /// Keep every trial's response (tests), not only the averages.
     keep_trials: bool,
+}
+
+/// One subject's parts its hemispheres are written from.
+#[derive(Clone, Copy)]
+struct SubjectParts<'a> {
+    brain: &'a SubjectBrain,
+    layout: &'a SubjectLayout,
+    subject: u32,
+    n_train: usize,
+    design: &'a TrialDesign,
+}
+
+fn write_subject(
+    run: &Synthesis,
+    subject: u32,
+    tap: &mut MeasurementTap<'_>,
 ) -> Result<(SubjectRecord, SubjectSummary), SynthError> {
+    let Synthesis {
+        cfg,
+        params,
+        photos,
+        shared,
+        ids,
+        bar,
+        keep_trials: _,
+    } = *run;
     let name = subject_dir_name(subject);
     let layout = SubjectLayout::new(&cfg.out, &name);
     let brain = SubjectBrain::build(shared.clone(), params, cfg.seed, subject);
@@ -305,19 +329,14 @@ fn write_subject(
     for (hi, h) in Hemisphere::BOTH.into_iter().enumerate() {
         let cols = if hi == 0 { 0..v_lh } else { v_lh..width };
         let view = raw.slice(s![.., cols]);
-        let record = write_hemisphere(
-            cfg,
-            params,
-            &brain,
-            &layout,
+        let parts = SubjectParts {
+            brain: &brain,
+            layout: &layout,
             subject,
-            h,
-            view,
             n_train,
-            &design,
-            tap,
-            keep_trials,
-        )?;
+            design: &design,
+        };
+        let record = write_hemisphere(run, &parts, h, view, tap)?;
         mean_nc[hi] = record.mean_nc;
         hemis.insert(h.prefix().to_string(), record);
     }
@@ -360,20 +379,26 @@ fn save_png(img: &RgbImage, path: &Path) -> Result<(), SynthError> {
         })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn write_hemisphere(
-    cfg: &SynthConfig,
-    params: &PresetParams,
-    brain: &SubjectBrain,
-    layout: &SubjectLayout,
-    subject: u32,
+    run: &Synthesis,
+    parts: &SubjectParts,
     h: Hemisphere,
     raw: ArrayView2<f32>,
-    n_train: usize,
-    design: &TrialDesign,
     tap: &mut MeasurementTap<'_>,
-    keep_trials: bool,
 ) -> Result<HemisphereRecord, SynthError> {
+    let Synthesis {
+        cfg,
+        params,
+        keep_trials,
+        ..
+    } = *run;
+    let SubjectParts {
+        brain,
+        layout,
+        subject,
+        n_train,
+        design,
+    } = *parts;
     let vertices = brain.vertices(h);
     let ncsnr: Vec<f32> = vertices.iter().map(|v| v.ncsnr).collect();
 

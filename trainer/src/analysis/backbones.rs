@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::backbones::Arch;
-use crate::finetune::{FinetuneConfig, FinetuneError};
+use crate::features::backbones::Arch;
+use crate::model::finetune::{FinetuneConfig, FinetuneError};
 
 #[derive(Debug, Clone)]
 pub struct NamedBackbone {
@@ -30,7 +30,7 @@ pub fn untuned(arch: Arch) -> NamedBackbone {
 }
 
 /// The tuned backbone of a finished `vcl finetune` run.
-pub fn finetuned(run: &Path) -> Result<NamedBackbone, FinetuneError> {
+pub fn finetuned(run: &Path) -> crate::Result<NamedBackbone> {
     let config = run.join("config.json");
     let text = std::fs::read_to_string(&config).map_err(|e| FinetuneError::io(&config, e))?;
     let cfg: FinetuneConfig = serde_json::from_str(&text).map_err(|e| {
@@ -44,7 +44,8 @@ pub fn finetuned(run: &Path) -> Result<NamedBackbone, FinetuneError> {
         return Err(FinetuneError::Config(format!(
             "{}: missing (the run has not finished its last epoch)",
             weights.display()
-        )));
+        ))
+        .into());
     }
     let label = run
         .file_name()
@@ -74,14 +75,11 @@ pub fn roi_family(roi: &str) -> &'static str {
 
 /// The untuned backbone and each run's tuned one, and the input size to use: `size`,
 /// else the first run's, else 128 px.
-pub fn compared(
-    runs: &[PathBuf],
-    size: Option<u32>,
-) -> Result<(Vec<NamedBackbone>, u32), FinetuneError> {
+pub fn compared(runs: &[PathBuf], size: Option<u32>) -> crate::Result<(Vec<NamedBackbone>, u32)> {
     let tuned = runs
         .iter()
         .map(|r| finetuned(r))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<crate::Result<Vec<_>>>()?;
     let arch = tuned.first().map_or(Arch::MobileNetV2, |t| t.arch);
     let size = match (size, runs.first()) {
         (Some(s), _) => s,

@@ -13,9 +13,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::backbones::NamedBackbone;
 use super::probe::ProbeSet;
-use crate::backbones::Backbone;
-use crate::encoding::error::{EncodingError, Result};
-use crate::plots;
+use crate::features::backbones::Backbone;
+use crate::model::encoding::error::EncodingError;
+use crate::report::plots;
+use crate::Result;
 
 /// Mean over images of the Bhattacharyya distance between rows of p and q [N, K]
 /// (probability distributions).
@@ -95,7 +96,8 @@ pub fn landscape(
         return Err(EncodingError::Invalid(format!(
             "the landscape needs at least 2 backbones, got {}",
             models.len()
-        )));
+        ))
+        .into());
     }
     let mut probs = Vec::new();
     for m in models {
@@ -125,7 +127,7 @@ pub fn landscape(
 }
 
 fn write(out: &Path, l: &Landscape) -> Result<()> {
-    crate::encoding::store::write_json(&out.join("landscape.json"), l)?;
+    crate::model::encoding::store::write_json(&out.join("landscape.json"), l)?;
     let mut csv = format!("model,group,mds_x,mds_y,{}\n", l.models.join(","));
     let mut md = format!(
         "Mean Bhattacharyya distance between the backbones' ImageNet class distributions on {} probe images, and 2-D classical MDS.\n\n| model | group | MDS x | MDS y | {} |\n|---|---|---:|---:|{}\n",

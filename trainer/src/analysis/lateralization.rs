@@ -21,9 +21,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::roi_model::FitModels;
 use super::saliency;
-use crate::encoding::error::{EncodingError, Result};
-use crate::encoding::{heldout_images, store};
-use crate::plots;
+use crate::model::encoding::error::EncodingError;
+use crate::model::encoding::{heldout_images, store};
+use crate::report::plots;
+use crate::Result;
 use vcl_dataset::algonauts::{Dataset, Hemisphere};
 
 /// What `vcl lateralization` asks for.
@@ -128,7 +129,8 @@ pub fn lateralization(cfg: &LateralizationConfig, device: Device) -> Result<Vec<
             "{}: no encoder of ROIs {:?} in this run",
             cfg.run.display(),
             cfg.rois
-        )));
+        ))
+        .into());
     }
     let overlay_dir = cfg.out.join("overlays");
     std::fs::create_dir_all(&overlay_dir).map_err(|e| EncodingError::file(&overlay_dir, e))?;

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::backbones::Backbone;
-use crate::finetune::{
+use crate::features::backbones::Backbone;
+use crate::model::finetune::{
     checkpoint, data, image_features, image_width, mi_lower_bound, ClDims, ContrastiveHeads,
     FinetuneError, Objective,
 };
-use crate::plots;
+use crate::report::plots;
 use vcl_dataset::algonauts::split;
 
 /// What `vcl mi` asks for.
@@ -55,11 +55,7 @@ pub struct MiResult {
 
 /// The bound of every subject of every run (contrastive runs only), written to
 /// `out/mi.{json,csv,md,png}`.
-pub fn mi(
-    cfg: &MiConfig,
-    cache_dir: &Path,
-    device: Device,
-) -> Result<Vec<MiResult>, FinetuneError> {
+pub fn mi(cfg: &MiConfig, cache_dir: &Path, device: Device) -> crate::Result<Vec<MiResult>> {
     let mut results = Vec::new();
     for run in &cfg.runs {
         results.extend(run_bound(run, cache_dir, device)?);
@@ -68,7 +64,7 @@ pub fn mi(
     Ok(results)
 }
 
-fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResult>, FinetuneError> {
+fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> crate::Result<Vec<MiResult>> {
     let loaded = checkpoint::latest(run)?.ok_or_else(|| {
         FinetuneError::Config(format!(
             "{}: no checkpoint (is this a `vcl finetune` run that finished an epoch?)",
@@ -81,7 +77,8 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> Result<Vec<MiResul
             "{}: a {} run has no contrastive heads, so no MI bound",
             run.display(),
             cfg.method
-        )));
+        ))
+        .into());
     }
     let mut subjects = data::load(cfg)?;
     let backbone = Backbone::load(cfg.arch, &cfg.weights(), device)?;

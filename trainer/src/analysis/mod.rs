@@ -8,12 +8,14 @@
 //! [`roi_model`]) and writes data (JSON, CSV, Markdown) and pictures (PNG).
 
 pub mod backbones;
+pub mod compare;
 pub mod landscape;
 pub mod lateralization;
 pub mod mi;
 pub mod probe;
 pub mod roi_model;
 pub mod saliency;
+pub mod transfer;
 
 pub use backbones::NamedBackbone;
 pub use landscape::{landscape, Landscape, LandscapeConfig};

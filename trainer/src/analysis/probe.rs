@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use super::backbones::NamedBackbone;
-use crate::backbones::{Arch, Backbone};
-use crate::encoding::error::{EncodingError, Result};
-use crate::finetune::image_features;
-use crate::{images, plots};
+use crate::features::backbones::{Arch, Backbone};
+use crate::model::encoding::error::EncodingError;
+use crate::model::finetune::image_features;
+use crate::Result;
+use crate::{features::images, report::plots};
 
 /// Labeled images, float32 [N, 3, S, S] in [0, 1] on the CPU.
 pub struct ProbeSet {
@@ -50,7 +51,8 @@ pub fn faces(path: &Path, size: u32) -> Result<ProbeSet> {
         return Err(EncodingError::file(
             path,
             format!("{n} images; expected faces then as many non-faces"),
-        ));
+        )
+        .into());
     }
     let flat: Vec<f32> = a.iter().map(|&v| v as f32).collect();
     let grey = Tensor::from_slice(&flat).view([n as i64, 1, h as i64, w as i64]);
@@ -290,7 +292,7 @@ pub fn probe(
 }
 
 fn write(out: &Path, results: &[ProbeResult]) -> Result<()> {
-    crate::encoding::store::write_json(&out.join("probe.json"), &results)?;
+    crate::model::encoding::store::write_json(&out.join("probe.json"), &results)?;
     let mut csv =
         String::from("model,group,method,dataset,tap,images,classes,folds,accuracy,chance\n");
     let mut md = String::from("Logistic-regression probe (stratified CV accuracy) on a backbone tap: how much recognition each backbone keeps.\n\n| model | group | dataset | tap | images | classes | accuracy | chance |\n|---|---|---|---|---:|---:|---:|---:|\n");

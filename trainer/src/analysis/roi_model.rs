@@ -7,12 +7,13 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
-use crate::backbones::Backbone;
-use crate::encoding::error::{EncodingError, Result};
-use crate::encoding::fit::{self, FitRecord};
-use crate::encoding::store::{self, EncoderMeta, StoredPca};
+use crate::features::backbones::Backbone;
+use crate::features::images;
 use crate::features::Pooling;
-use crate::images;
+use crate::model::encoding::error::EncodingError;
+use crate::model::encoding::fit::{self, FitRecord};
+use crate::model::encoding::store::{self, EncoderMeta, StoredPca};
+use crate::Result;
 use vcl_dataset::algonauts::Hemisphere;
 
 /// One ROI encoder with its PCA.
@@ -56,7 +57,8 @@ impl FitModels {
             return Err(EncodingError::file(
                 &fit_json,
                 "missing: is this the --out folder of a `vcl fit`?",
-            ));
+            )
+            .into());
         }
         let record: FitRecord = store::read_json(&fit_json)?;
         let backbone = fit::load_backbone(&record.config, device)?;
@@ -76,7 +78,8 @@ impl FitModels {
                         m.hemisphere.prefix(),
                         m.roi
                     ),
-                ));
+                )
+                .into());
             }
             let pca = store::load_pca(run, &m.pca_file)?;
             encoders.push(RoiEncoder {
@@ -125,7 +128,8 @@ impl FitModels {
                 e.meta.tap,
                 flat.size()[1],
                 x_unit.size().last().copied().unwrap_or(0)
-            )));
+            ))
+            .into());
         }
         let z = (flat - &e.pca.mean).matmul(&e.pca.components);
         let y = z.matmul(&e.coef) + &e.intercept;

@@ -18,7 +18,8 @@ use plotters::style::colors::colormaps::{ColorMap, ViridisRGB};
 use tch::{Kind, Tensor};
 
 use super::roi_model::{FitModels, RoiEncoder};
-use crate::encoding::error::{EncodingError, Result};
+use crate::model::encoding::error::EncodingError;
+use crate::Result;
 
 /// Non-negative saliency maps, float32 [N, S, S] each.
 pub struct Maps {
@@ -48,12 +49,14 @@ pub fn gradcam_layer(models: &FitModels, e: &RoiEncoder, wanted: Option<&str>) -
                 "Grad-CAM layer {w} comes after {}'s tap {}: the response does not depend on it",
                 e.label(),
                 e.meta.tap
-            )));
+            ))
+            .into());
         }
         if !is_map(w)? {
             return Err(EncodingError::Invalid(format!(
                 "Grad-CAM layer {w} is not a convolutional map (pick one of the features.* taps)"
-            )));
+            ))
+            .into());
         }
         return Ok(w.to_string());
     }
@@ -67,7 +70,8 @@ pub fn gradcam_layer(models: &FitModels, e: &RoiEncoder, wanted: Option<&str>) -
         "{}: no convolutional tap at or before {}",
         e.label(),
         e.meta.tap
-    )))
+    ))
+    .into())
 }
 
 /// Gradient and Grad-CAM maps of `e` on unit-range images x [N, 3, S, S].
@@ -133,7 +137,7 @@ pub fn write_overlays(path: &Path, x_unit: &Tensor, maps: &Maps, n: usize) -> Re
         let cam = values(&maps.gradcam.get(i as i64));
         let hires = values(&maps.hirescam.get(i as i64));
         if img.len() != 3 * s * s || [&grad, &cam, &hires].iter().any(|m| m.len() != s * s) {
-            return Err(EncodingError::Invalid("saliency map sizes".into()));
+            return Err(EncodingError::Invalid("saliency map sizes".into()).into());
         }
         // Scaled to the 99th percentile so that one hot pixel does not dim the rest.
         let norm = |m: &[f32]| {
@@ -172,5 +176,6 @@ pub fn write_overlays(path: &Path, x_unit: &Tensor, maps: &Maps, n: usize) -> Re
         }
     }
     out.save(path)
-        .map_err(|e| EncodingError::file(path, format!("writing PNG: {e}")))
+        .map_err(|e| EncodingError::file(path, format!("writing PNG: {e}")))?;
+    Ok(())
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use vcl_trainer::onnx_export::{self, ExportOptions};
+use vcl_trainer::export::{export_runs, ExportOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
@@ -19,7 +19,7 @@ pub struct ExportArgs {
 
 pub fn export(a: &ExportArgs) -> Result<()> {
     let runs: Vec<String> = a.runs.iter().map(|r| r.display().to_string()).collect();
-    let models = onnx_export::export_runs(&a.runs, &a.out, &a.options)
+    let models = export_runs(&a.runs, &a.out, &a.options)
         .with_context(|| format!("exporting {} (nothing was published)", runs.join(", ")))?;
     println!("| model | version | ROIs | voxels | ONNX Runtime vs libtorch (max rel. diff) |");
     println!("|---|---:|---:|---:|---:|");

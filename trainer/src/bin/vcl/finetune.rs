@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use vcl_dataset::paths;
-use vcl_trainer::finetune::{self, FinetuneConfig};
+use vcl_trainer::model::finetune::{self, FinetuneConfig};
 
 use crate::device;
 

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use vcl_dataset::paths;
-use vcl_trainer::compare::{self, CompareConfig};
-use vcl_trainer::encoding::{self, FitConfig};
-use vcl_trainer::transfer::TransferConfig;
+use vcl_trainer::analysis::compare::{self, CompareConfig};
+use vcl_trainer::analysis::transfer::TransferConfig;
+use vcl_trainer::model::encoding::{self, FitConfig};
 
 use crate::device;
 
@@ -56,7 +56,7 @@ pub fn compare(c: &CompareConfig) -> Result<()> {
 }
 
 pub fn transfer(c: &TransferConfig) -> Result<()> {
-    let m = vcl_trainer::transfer::transfer(c, &paths::cache_dir(), device())
+    let m = vcl_trainer::analysis::transfer::transfer(c, &paths::cache_dir(), device())
         .context("cross-subject transfer")?;
     println!("| backbone tuned on | {} |", m.targets.join(" | "));
     println!("|---|{}", "---:|".repeat(m.targets.len()));

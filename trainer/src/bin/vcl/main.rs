@@ -12,11 +12,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use vcl_dataset::algonauts::summary::InspectConfig;
 use vcl_dataset::synth::SynthConfig;
+use vcl_trainer::analysis::compare::CompareConfig;
+use vcl_trainer::analysis::transfer::TransferConfig;
 use vcl_trainer::analysis::{LandscapeConfig, LateralizationConfig, MiConfig, ProbeConfig};
-use vcl_trainer::compare::CompareConfig;
-use vcl_trainer::encoding::evaluate::EvaluateConfig;
+use vcl_trainer::model::encoding::evaluate::EvaluateConfig;
 use vcl_trainer::report::ReportConfig;
-use vcl_trainer::transfer::TransferConfig;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,7 +71,7 @@ fn main() -> Result<()> {
         .init();
     // Before libtorch allocates anything: keeps glibc from handing activation buffers
     // back to the kernel every step (2-3x faster CPU training).
-    let tuning = vcl_trainer::finetune::tune_allocator();
+    let tuning = vcl_trainer::model::finetune::tune_allocator();
     let cli = Cli::parse();
     tracing::debug!(?tuning, "allocator");
     match cli.command {

@@ -39,8 +39,8 @@ pub use regression::RegressionHeads;
 pub use train::{finetune, finetune_with, Hooks, RunOptions};
 pub(crate) use train::{image_features, image_width};
 
-use crate::backbones::BackboneError;
-use crate::plots::PlotError;
+use crate::features::backbones::BackboneError;
+use crate::report::plots::PlotError;
 use vcl_dataset::DataError;
 
 /// What went wrong in a fine-tuning run; each variant names the file, value or

@@ -18,9 +18,9 @@ use tch::{Device, Kind, Tensor};
 use super::backbone::{self, Value};
 use super::error::ExportError;
 use super::graph::{GraphBuilder, GraphDim};
-use crate::backbones::Backbone;
+use crate::features::backbones::Backbone;
+use crate::features::images::{self, IMAGENET_MEAN, IMAGENET_STD};
 use crate::features::Pooling;
-use crate::images::{self, IMAGENET_MEAN, IMAGENET_STD};
 use vcl_contract::manifest::{BATCH_DIM, INPUT_NAME, ROI_MEANS_OUTPUT, VOXELS_OUTPUT};
 
 /// A tap's PCA: what every ROI encoder reading that tap projects onto.

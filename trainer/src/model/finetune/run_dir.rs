@@ -8,7 +8,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{EpochRecord, FinetuneError};
-use crate::plots;
+use crate::report::plots;
 
 /// Writes `bytes` to `path` through `path.partial` and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FinetuneError> {
@@ -25,35 +25,6 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Fin
         reason: e.to_string(),
     })?;
     write_atomic(path, text.as_bytes())
-}
-
-/// The commit of the source this binary was built from (`git rev-parse HEAD` in the
-/// crate's folder), with `-dirty` when the tree has uncommitted changes; "unknown"
-/// without git or outside a checkout.
-pub(crate) fn git_commit() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(sha) if !sha.is_empty() => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{sha}-dirty")
-            } else {
-                sha
-            }
-        }
-        _ => "unknown".to_string(),
-    }
 }
 
 fn opt(v: Option<f64>) -> String {

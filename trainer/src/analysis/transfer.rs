@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::encoding::error::{EncodingError, Result};
-use crate::encoding::evaluate::Evaluation;
-use crate::encoding::fit::FitRecord;
-use crate::encoding::store::Method;
-use crate::encoding::{self, store, FitConfig};
-use crate::finetune::{FinetuneConfig, Objective};
-use crate::plots;
+use crate::model::encoding::error::EncodingError;
+use crate::model::encoding::evaluate::Evaluation;
+use crate::model::encoding::fit::FitRecord;
+use crate::model::encoding::store::Method;
+use crate::model::encoding::{self, store, FitConfig};
+use crate::model::finetune::{FinetuneConfig, Objective};
+use crate::report::plots;
+use crate::Result;
 use vcl_dataset::algonauts::Hemisphere;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,7 +91,8 @@ fn source_method(weights: &Path) -> Result<Method> {
         return Err(EncodingError::file(
             weights,
             "has no config.json beside it: transfer reads `vcl finetune` run backbones",
-        ));
+        )
+        .into());
     }
     let cfg: FinetuneConfig = store::read_json(&config)?;
     Ok(match cfg.method {
@@ -134,7 +136,8 @@ pub fn transfer(cfg: &TransferConfig, cache_dir: &Path, device: Device) -> Resul
                 return Err(EncodingError::file(
                     untuned_run,
                     format!("has no evaluated encoder for {target} {h} {roi}"),
-                ));
+                )
+                .into());
             };
             let run = out.join(format!("{}_to_{target}", store::safe_name(label)));
             let cfg = FitConfig {
@@ -155,7 +158,8 @@ pub fn transfer(cfg: &TransferConfig, cache_dir: &Path, device: Device) -> Resul
                     "{target} {h} {roi}: {} voxels vs {} in the untuned run",
                     a.len(),
                     b.len()
-                )));
+                ))
+                .into());
             }
             let better = a.iter().zip(b).filter(|(x, y)| x > y).count();
             frow.push(better as f64 / a.len().max(1) as f64);

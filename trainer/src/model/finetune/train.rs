@@ -25,8 +25,8 @@ use super::data::{self, derive_seed, SubjectData};
 use super::regression::RegressionHeads;
 use super::run_dir;
 use super::{augment, EpochRecord, FinetuneConfig, FinetuneError, FinetuneSummary, Objective};
-use crate::backbones::{Backbone, IMAGENET_CLASSES};
-use crate::images;
+use crate::features::backbones::{Backbone, IMAGENET_CLASSES};
+use crate::features::images;
 
 /// Pooled runs keep every subject's decoded pixels in memory up to this size; above
 /// it, a subject's pixels are loaded for its turn and dropped after.
@@ -246,7 +246,7 @@ pub fn finetune_with(
             ),
         });
     }
-    let git_commit = run_dir::git_commit();
+    let git_commit = crate::provenance::git_commit().unwrap_or_else(|| "unknown".into());
     run_dir::write_json(&run.join("config.json"), cfg)?;
     run_dir::write_json(
         &run.join("provenance.json"),

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
-use crate::backbones::{Arch, BackboneError};
-use crate::encoding::EncodingError;
+use crate::features::backbones::{Arch, BackboneError};
+use crate::model::encoding::EncodingError;
 use vcl_dataset::DataError;
 
 /// What can go wrong exporting a run; each variant names the file, tap or value.

@@ -13,6 +13,9 @@
 //! the backbone's weights hash, the tap, the pooling knob, the pixel cache (which
 //! names the dataset, image list and input size) and the rows.
 
+pub mod backbones;
+pub mod images;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,8 +25,8 @@ use ndarray_npy::ReadNpyExt;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
-use crate::backbones::{Backbone, BackboneError};
-use crate::images::PixelCache;
+use crate::features::backbones::{Backbone, BackboneError};
+use crate::features::images::PixelCache;
 
 /// Bump when what a cached feature file means changes (pooling rule, layout).
 const FEATURES_VERSION: &str = "features-v1";
@@ -382,7 +385,7 @@ fn write_cached(path: &Path, info: &TapInfo, features: &Array2<f32>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbones::Arch;
+    use crate::features::backbones::Arch;
     use ndarray::Array4;
     use tch::Device;
 

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
-use crate::encoding::error::{EncodingError, Result};
-use crate::encoding::evaluate::{Evaluation, RoiResult};
-use crate::encoding::{metrics, store};
-use crate::plots;
+use crate::model::encoding::error::EncodingError;
+use crate::model::encoding::evaluate::{Evaluation, RoiResult};
+use crate::model::encoding::{metrics, store};
+use crate::report::plots;
+use crate::Result;
 use vcl_dataset::algonauts::Hemisphere;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,7 +107,8 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
         return Err(EncodingError::Invalid(format!(
             "compare needs at least 2 evaluated runs, got {}",
             runs.len()
-        )));
+        ))
+        .into());
     }
     let loaded: Vec<Loaded> = runs.iter().map(|r| load(r)).collect::<Result<_>>()?;
     // Runs of one method may split its subjects (a CL backbone is tuned per subject,
@@ -123,7 +125,8 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
             return Err(EncodingError::Invalid(format!(
                 "reference method '{r}' is not among the runs' methods: {}",
                 methods.join(", ")
-            )))
+            ))
+            .into())
         }
         None if methods.iter().any(|m| m == "cl") => "cl".into(),
         None => methods[0].clone(),
@@ -155,7 +158,8 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
                     r.hemisphere.prefix(),
                     r.roi,
                     l.run.display()
-                )));
+                ))
+                .into());
             }
         }
     }
@@ -198,7 +202,7 @@ pub fn compare(runs: &[PathBuf], reference: Option<&str>, out: &Path) -> Result<
                     return Err(EncodingError::Invalid(format!(
                         "{} {} {}: {} voxels in '{reference}' but {} in '{m}': were the runs fitted on the same data?",
                         s, key.0, key.1, ref_r.len(), oth_r.len()
-                    )));
+                    )).into());
                 }
                 better += ref_r.iter().zip(oth_r).filter(|(a, b)| a > b).count();
                 total += ref_r.len();

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::error::{EncodingError, Result};
-use crate::backbones::Arch;
+use crate::features::backbones::Arch;
 use crate::features::Pooling;
-use crate::ridge;
+use crate::model::ridge;
 pub use vcl_contract::manifest::Method;
 use vcl_dataset::algonauts::Hemisphere;
 

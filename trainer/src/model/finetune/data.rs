@@ -2,7 +2,6 @@
 //! images, split exactly as `vcl fit` splits them (the held-out part is never read
 //! here), with a validation part cut out of the training part.
 
-use std::io::Read;
 use std::path::Path;
 
 use rand::seq::SliceRandom;
@@ -13,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tch::{Device, Tensor};
 
 use super::{FinetuneConfig, FinetuneError};
-use crate::images::PixelCache;
+use crate::features::images::PixelCache;
 use vcl_dataset::algonauts::{split, Dataset, ImageEntry};
 use vcl_dataset::DataError;
 
@@ -147,7 +146,7 @@ pub(crate) fn load(cfg: &FinetuneConfig) -> Result<Vec<SubjectData>, FinetuneErr
         }
         let v = vertices.len();
         let cols: Vec<i64> = vertices.iter().map(|&c| c as i64).collect();
-        let fmri = crate::encoding::fit::to_tensor(&fmri_all, Device::Cpu)
+        let fmri = crate::model::encoding::fit::to_tensor(&fmri_all, Device::Cpu)
             .index_select(1, &Tensor::from_slice(&cols))
             .contiguous();
         tracing::info!(subject = %subject.name, hemisphere = %cfg.hemisphere, roi = %cfg.roi, voxels = v, train = train.len(), val = val.len(), heldout = sp.heldout.len(), "fine-tuning data");
@@ -213,18 +212,8 @@ pub(crate) fn fingerprint(subjects: &[SubjectData]) -> Result<String, FinetuneEr
     let mut h = Sha256::new();
     for s in subjects {
         h.update(s.info.subject.as_bytes());
-        let mut f =
-            std::fs::File::open(&s.fmri_path).map_err(|e| FinetuneError::io(&s.fmri_path, e))?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let k = f
-                .read(&mut buf)
-                .map_err(|e| FinetuneError::io(&s.fmri_path, e))?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-        }
+        vcl_contract::manifest::hash_file(&mut h, &s.fmri_path)
+            .map_err(|e| FinetuneError::Data(vcl_dataset::DataError::Invalid(e.to_string())))?;
         for e in &s.images {
             let name = e
                 .path

@@ -358,7 +358,7 @@ pub fn select_alphas(mean_scores: &Tensor, alphas: &[f64], per_voxel: bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ridge::{ridge_cv, solve_ridge_svd, RidgeCvConfig};
+    use crate::model::ridge::{ridge_cv, solve_ridge_svd, RidgeCvConfig};
 
     #[test]
     fn kfold_matches_sklearn_layout() {

@@ -178,26 +178,20 @@ impl GraphBuilder {
         out
     }
 
-    pub fn conv(
-        &mut self,
-        x: &str,
-        w: &str,
-        b: Option<&str>,
-        cfg: ConvAttrs,
-        stem: &str,
-    ) -> String {
-        let mut inputs = vec![x, w];
-        if let Some(b) = b {
-            inputs.push(b);
-        }
-        let p = cfg.padding;
+    /// `inputs`: x, w and optionally the bias, as ONNX's Conv takes them.
+    pub fn conv(&mut self, inputs: &[&str], cfg: ConvAttrs, stem: &str) -> String {
+        let Window {
+            kernel,
+            stride,
+            padding: p,
+        } = cfg.window;
         self.node(
             "Conv",
-            &inputs,
+            inputs,
             stem,
             vec![
-                attr_ints("kernel_shape", &[cfg.kernel, cfg.kernel]),
-                attr_ints("strides", &[cfg.stride, cfg.stride]),
+                attr_ints("kernel_shape", &[kernel, kernel]),
+                attr_ints("strides", &[stride, stride]),
                 attr_ints("pads", &[p, p, p, p]),
                 attr_ints("dilations", &[1, 1]),
                 attr_int("group", cfg.groups),
@@ -218,8 +212,12 @@ impl GraphBuilder {
 
     /// torchvision's MaxPool2d(k, stride, padding) with floor rounding; ONNX ignores
     /// padded positions in the max, as PyTorch does.
-    pub fn max_pool(&mut self, x: &str, k: i64, stride: i64, padding: i64, stem: &str) -> String {
-        let p = padding;
+    pub fn max_pool(&mut self, x: &str, window: Window, stem: &str) -> String {
+        let Window {
+            kernel: k,
+            stride,
+            padding: p,
+        } = window;
         self.node(
             "MaxPool",
             &[x],
@@ -326,8 +324,14 @@ impl GraphBuilder {
 /// A square convolution's hyper-parameters, named so they cannot be swapped.
 #[derive(Clone, Copy, Debug)]
 pub struct ConvAttrs {
+    pub window: Window,
+    pub groups: i64,
+}
+
+/// A square kernel's size, stride and symmetric padding (torchvision's k, s, p).
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
     pub kernel: i64,
     pub stride: i64,
     pub padding: i64,
-    pub groups: i64,
 }

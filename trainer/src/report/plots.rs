@@ -25,7 +25,7 @@ fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let bytes: &'static [u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+        let bytes: &'static [u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
         if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_err() {
             tracing::warn!("embedded font rejected: plot text will be missing");
         }

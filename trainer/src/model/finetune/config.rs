@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::FinetuneError;
-use crate::backbones::Arch;
+use crate::features::backbones::Arch;
 use vcl_dataset::algonauts::Hemisphere;
 
 /// What fine-tuning optimizes: the paper's contrastive objective or its regression

@@ -15,15 +15,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tch::{Device, Kind, Tensor};
 
 use super::error::ExportError;
-use super::graph::{ConvAttrs, GraphBuilder};
-use crate::backbones::{Arch, Backbone};
+use super::graph::{ConvAttrs, GraphBuilder, Window};
+use crate::features::backbones::{Arch, Backbone};
 use crate::features::Pooling;
 
 /// torchvision's batch-norm epsilon (every BatchNorm2d of these networks).
 const BN_EPS: f64 = 1e-5;
 
 /// MobileNetV2's inverted-residual groups, the table the tch model is built from.
-use crate::backbones::mobilenet_v2::INVERTED_RESIDUAL_SETTING as MOBILENET_V2_GROUPS;
+use crate::features::backbones::mobilenet_v2::INVERTED_RESIDUAL_SETTING as MOBILENET_V2_GROUPS;
 
 /// A graph value and its per-image shape: [C, H, W] for maps, [D] for vectors.
 #[derive(Clone, Debug)]
@@ -97,16 +97,23 @@ struct Emitter<'a> {
     input_size: i64,
 }
 
+/// One block of MobileNetV2's table: where it is and what it does.
+#[derive(Clone, Copy)]
+struct InvertedResidual {
+    index: usize,
+    expansion: i64,
+    c_out: i64,
+    stride: i64,
+}
+
 impl Emitter<'_> {
     /// Output side of a conv/pool window, or the error naming the input size.
-    fn out_side(
-        &self,
-        side: i64,
-        k: i64,
-        stride: i64,
-        pad: i64,
-        at: &str,
-    ) -> Result<i64, ExportError> {
+    fn out_side(&self, side: i64, window: Window, at: &str) -> Result<i64, ExportError> {
+        let Window {
+            kernel: k,
+            stride,
+            padding: pad,
+        } = window;
         let span = side + 2 * pad - k;
         if span < 0 {
             return Err(ExportError::InputTooSmall {
@@ -122,13 +129,13 @@ impl Emitter<'_> {
     /// Conv `prefix` (`.weight`, optional `.bias`) with batch-norm `bn` (`.weight`,
     /// `.bias`, `.running_mean`, `.running_var`) folded in: w' = w s, b' = (b - mu) s + beta
     /// with s = gamma / sqrt(var + eps), computed in f64.
+    /// `(stride, padding)` as torchvision's `Conv2d` takes them.
     fn conv(
         &mut self,
         x: &Value,
         prefix: &str,
         bn: Option<&str>,
-        stride: i64,
-        padding: i64,
+        (stride, padding): (i64, i64),
     ) -> Result<Value, ExportError> {
         let (wshape, mut w) = self.w.get(&format!("{prefix}.weight"))?;
         let [c_out, c_in_per_group, kh, kw] = wshape[..] else {
@@ -193,21 +200,20 @@ impl Emitter<'_> {
                 &b32,
             )
         });
-        let attrs = ConvAttrs {
-            kernel: kh,
+        let window = |kernel| Window {
+            kernel,
             stride,
             padding,
+        };
+        let attrs = ConvAttrs {
+            window: window(kh),
             groups,
         };
-        let oh = self.out_side(h, kh, stride, padding, prefix)?;
-        let ow = self.out_side(wd, kw, stride, padding, prefix)?;
-        let name = self.g.conv(
-            &x.name,
-            &w_name,
-            b_name.as_deref(),
-            attrs,
-            &format!("{prefix}/conv"),
-        );
+        let oh = self.out_side(h, window(kh), prefix)?;
+        let ow = self.out_side(wd, window(kw), prefix)?;
+        let mut inputs = vec![x.name.as_str(), w_name.as_str()];
+        inputs.extend(b_name.as_deref());
+        let name = self.g.conv(&inputs, attrs, &format!("{prefix}/conv"));
         Ok(Value {
             name,
             shape: vec![c_out, oh, ow],
@@ -240,12 +246,15 @@ impl Emitter<'_> {
                 x.shape
             )));
         };
-        let oh = self.out_side(h, 3, 2, padding, stem)?;
-        let ow = self.out_side(w, 3, 2, padding, stem)?;
+        let window = Window {
+            kernel: 3,
+            stride: 2,
+            padding,
+        };
+        let oh = self.out_side(h, window, stem)?;
+        let ow = self.out_side(w, window, stem)?;
         Ok(Value {
-            name: self
-                .g
-                .max_pool(&x.name, 3, 2, padding, &format!("{stem}/maxpool")),
+            name: self.g.max_pool(&x.name, window, &format!("{stem}/maxpool")),
             shape: vec![c, oh, ow],
         })
     }
@@ -307,7 +316,7 @@ impl Emitter<'_> {
         let mut h = x;
         for (i, stride, pad, pool, tap) in convs {
             let prefix = format!("features.{i}");
-            h = self.conv(&h, &prefix, None, stride, pad)?;
+            h = self.conv(&h, &prefix, None, (stride, pad))?;
             h = self.relu(&h, &prefix);
             if pool {
                 h = self.max_pool_3x3_s2(&h, 0, tap)?;
@@ -333,13 +342,19 @@ impl Emitter<'_> {
     }
 
     fn mobilenet_v2(&mut self, x: Value, taps: &mut Taps) -> Result<(), ExportError> {
-        let mut h = self.conv(&x, "features.0.0", Some("features.0.1"), 2, 1)?;
+        let mut h = self.conv(&x, "features.0.0", Some("features.0.1"), (2, 1))?;
         h = self.relu6(&h, "features.0");
         let mut index = 1;
         for (t, c, n, s, tap) in MOBILENET_V2_GROUPS {
             for i in 0..n {
                 let stride = if i == 0 { s } else { 1 };
-                h = self.inverted_residual(&h, index, t, c, stride)?;
+                let block = InvertedResidual {
+                    index,
+                    expansion: t,
+                    c_out: c,
+                    stride,
+                };
+                h = self.inverted_residual(&h, block)?;
                 index += 1;
             }
             if taps.record(tap, &h) {
@@ -347,7 +362,7 @@ impl Emitter<'_> {
             }
         }
         let p = format!("features.{index}");
-        h = self.conv(&h, &format!("{p}.0"), Some(&format!("{p}.1")), 1, 0)?;
+        h = self.conv(&h, &format!("{p}.0"), Some(&format!("{p}.1")), (1, 0))?;
         h = self.relu6(&h, &p);
         if taps.record("features.18", &h) {
             return Ok(());
@@ -365,16 +380,19 @@ impl Emitter<'_> {
     fn inverted_residual(
         &mut self,
         x: &Value,
-        index: usize,
-        expansion: i64,
-        c_out: i64,
-        stride: i64,
+        block: InvertedResidual,
     ) -> Result<Value, ExportError> {
+        let InvertedResidual {
+            index,
+            expansion,
+            c_out,
+            stride,
+        } = block;
         let p = format!("features.{index}.conv");
         let mut j = 0;
         let mut h = x.clone();
         if expansion != 1 {
-            h = self.conv(&h, &format!("{p}.0.0"), Some(&format!("{p}.0.1")), 1, 0)?;
+            h = self.conv(&h, &format!("{p}.0.0"), Some(&format!("{p}.0.1")), (1, 0))?;
             h = self.relu6(&h, &format!("{p}.0"));
             j = 1;
         }
@@ -382,16 +400,14 @@ impl Emitter<'_> {
             &h,
             &format!("{p}.{j}.0"),
             Some(&format!("{p}.{j}.1")),
-            stride,
-            1,
+            (stride, 1),
         )?;
         h = self.relu6(&h, &format!("{p}.{j}"));
         h = self.conv(
             &h,
             &format!("{p}.{}", j + 1),
             Some(&format!("{p}.{}", j + 2)),
-            1,
-            0,
+            (1, 0),
         )?;
         if stride == 1 && x.shape[0] == c_out {
             h = self.add(x, &h, &format!("features.{index}"))?;
@@ -400,7 +416,7 @@ impl Emitter<'_> {
     }
 
     fn resnet(&mut self, x: Value, taps: &mut Taps) -> Result<(), ExportError> {
-        let mut h = self.conv(&x, "conv1", Some("bn1"), 2, 3)?;
+        let mut h = self.conv(&x, "conv1", Some("bn1"), (2, 3))?;
         h = self.relu(&h, "conv1");
         h = self.max_pool_3x3_s2(&h, 1, "maxpool")?;
         for (li, layer) in ["layer1", "layer2", "layer3", "layer4"]
@@ -440,35 +456,32 @@ impl Emitter<'_> {
         let bottleneck = self.w.has(&format!("{p}.conv3.weight"));
         let mut h;
         if bottleneck {
-            h = self.conv(x, &format!("{p}.conv1"), Some(&format!("{p}.bn1")), 1, 0)?;
+            h = self.conv(x, &format!("{p}.conv1"), Some(&format!("{p}.bn1")), (1, 0))?;
             h = self.relu(&h, &format!("{p}.conv1"));
             h = self.conv(
                 &h,
                 &format!("{p}.conv2"),
                 Some(&format!("{p}.bn2")),
-                stride,
-                1,
+                (stride, 1),
             )?;
             h = self.relu(&h, &format!("{p}.conv2"));
-            h = self.conv(&h, &format!("{p}.conv3"), Some(&format!("{p}.bn3")), 1, 0)?;
+            h = self.conv(&h, &format!("{p}.conv3"), Some(&format!("{p}.bn3")), (1, 0))?;
         } else {
             h = self.conv(
                 x,
                 &format!("{p}.conv1"),
                 Some(&format!("{p}.bn1")),
-                stride,
-                1,
+                (stride, 1),
             )?;
             h = self.relu(&h, &format!("{p}.conv1"));
-            h = self.conv(&h, &format!("{p}.conv2"), Some(&format!("{p}.bn2")), 1, 1)?;
+            h = self.conv(&h, &format!("{p}.conv2"), Some(&format!("{p}.bn2")), (1, 1))?;
         }
         let identity = if self.w.has(&format!("{p}.downsample.0.weight")) {
             self.conv(
                 x,
                 &format!("{p}.downsample.0"),
                 Some(&format!("{p}.downsample.1")),
-                stride,
-                0,
+                (stride, 0),
             )?
         } else {
             x.clone()

@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 
-use crate::backbones::BackboneError;
-use crate::plots::PlotError;
-use crate::ridge::RidgeError;
+use crate::features::backbones::BackboneError;
+use crate::model::ridge::RidgeError;
+use crate::report::plots::PlotError;
 use vcl_dataset::DataError;
 
 /// Errors of fitting, storing and scoring encoders; each names what it concerns.

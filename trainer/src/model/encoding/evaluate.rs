@@ -12,8 +12,8 @@ use super::error::{EncodingError, Result};
 use super::fit::{self, index_tensor, to_tensor, FitRecord};
 use super::metrics::{self, RoiScores};
 use super::store::{self, FitConfig, StoredEncoder};
-use crate::images;
-use crate::{plots, ridge};
+use crate::features::images;
+use crate::{model::ridge, report::plots};
 use vcl_dataset::algonauts::{split, Dataset, Hemisphere, Subject};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

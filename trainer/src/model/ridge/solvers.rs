@@ -95,13 +95,13 @@ pub fn solve_ridge_svd(
         })
         .collect();
     for (start, len) in batches(v, voxel_batch) {
-        let (uty, y_mean) = project_targets(&svd, y, start, len, kind, device);
+        let (uty, y_mean) = project_targets(&svd, y, Columns { start, len }, kind, device);
         for (w, &alpha) in out.iter_mut().zip(alphas) {
             // [r, 1]: the same shrinkage for every voxel of the batch
             let d = (&svd.s / (svd.s.square() + alpha))
                 .to_kind(kind)
                 .unsqueeze(1);
-            write_batch(w, &svd, &(&uty * d), &y_mean, start, len);
+            write_batch(w, &svd, &(&uty * d), &y_mean, Columns { start, len });
         }
     }
     Ok(out)
@@ -135,39 +135,46 @@ pub fn solve_ridge_svd_per_voxel(
     let all_alphas = Tensor::from_slice(alphas).to_device(device);
     let s = svd.s.unsqueeze(1);
     for (start, len) in batches(v, voxel_batch) {
-        let (uty, y_mean) = project_targets(&svd, y, start, len, kind, device);
+        let (uty, y_mean) = project_targets(&svd, y, Columns { start, len }, kind, device);
         // [r, b]: each voxel's shrinkage of each singular direction
         let a = all_alphas.narrow(0, start, len).unsqueeze(0);
         let d = (&s / (s.square() + a)).to_kind(kind);
-        write_batch(&mut w, &svd, &(uty * d), &y_mean, start, len);
+        write_batch(&mut w, &svd, &(uty * d), &y_mean, Columns { start, len });
     }
     Ok(w)
 }
 
-/// U^T y_c [r, b] and mean(y) [b] for voxels start..start+len of `y`.
+/// A batch of voxels: columns start..start+len of the targets and the weights.
+#[derive(Clone, Copy)]
+struct Columns {
+    start: i64,
+    len: i64,
+}
+
+/// U^T y_c [r, b] and mean(y) [b] for the voxels `cols` of `y`.
 fn project_targets(
     svd: &CenteredSvd,
     y: &Tensor,
-    start: i64,
-    len: i64,
+    cols: Columns,
     kind: Kind,
     device: Device,
 ) -> (Tensor, Tensor) {
+    let Columns { start, len } = cols;
     let yb = y.narrow(1, start, len).to_device(device).to_kind(kind);
     let y_mean = yb.mean_dim(0, false, kind);
     let uty = svd.u.transpose(0, 1).matmul(&(yb - &y_mean));
     (uty, y_mean)
 }
 
-/// Stores coef = V (shrunk U^T y) [p, b] and its intercept into columns start.. of `w`.
+/// Stores coef = V (shrunk U^T y) [p, b] and its intercept into the columns `cols` of `w`.
 fn write_batch(
     w: &mut Weights,
     svd: &CenteredSvd,
     shrunk: &Tensor,
     y_mean: &Tensor,
-    start: i64,
-    len: i64,
+    cols: Columns,
 ) {
+    let Columns { start, len } = cols;
     let coef = svd.v.matmul(shrunk);
     let intercept = y_mean - svd.x_mean.unsqueeze(0).matmul(&coef).squeeze_dim(0);
     w.coef.narrow(1, start, len).copy_(&coef);

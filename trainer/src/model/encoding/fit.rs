@@ -12,10 +12,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::{EncodingError, Result};
 use super::store::{self, AlphaMode, EncoderMeta, FitConfig};
-use crate::backbones::Backbone;
+use crate::features::backbones::Backbone;
+use crate::features::images::PixelCache;
 use crate::features::{self, ExtractOptions, TapFeatures};
-use crate::images::PixelCache;
-use crate::ridge::{self, RidgeCvConfig};
+use crate::model::ridge::{self, RidgeCvConfig};
 use vcl_dataset::algonauts::{split, Dataset, Hemisphere, RoiAtlas, Subject};
 
 /// One line of the tap-selection table.

@@ -5,14 +5,17 @@
 //! (data URIs), so the one file opens anywhere and can be sent; `report.md` links them
 //! by path. Nothing is recomputed: a section appears when its files are there.
 
+pub mod plots;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use crate::encoding::error::{EncodingError, Result};
-use crate::encoding::fit::FitRecord;
-use crate::encoding::store;
+use crate::model::encoding::error::EncodingError;
+use crate::model::encoding::fit::FitRecord;
+use crate::model::encoding::store;
+use crate::Result;
 use vcl_dataset::algonauts::{summary, Dataset};
 
 /// What went into a report.
@@ -297,14 +300,15 @@ pub struct ReportConfig {
 /// `root`.
 pub fn report(root: &Path, out: &Path) -> Result<Report> {
     if !root.is_dir() {
-        return Err(EncodingError::file(root, "not a folder of runs"));
+        return Err(EncodingError::file(root, "not a folder of runs").into());
     }
     let sections = gather(root)?;
     if sections.is_empty() {
         return Err(EncodingError::file(
             root,
             "nothing to report: no fit, fine-tuning run or analysis output found (two levels deep)",
-        ));
+        )
+        .into());
     }
     std::fs::create_dir_all(out).map_err(|e| EncodingError::file(out, e))?;
     let title = format!("vcl report: {}", root.display());
