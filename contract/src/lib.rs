@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod manifest;
+pub mod npy;
 pub mod repository;
 #[cfg(feature = "runtime")]
 pub mod runtime;

@@ -174,34 +174,16 @@ fn find_dict(
 
 /// The bytes after the .npy header, checking that the header declares an object array.
 fn npy_body(bytes: &[u8]) -> std::result::Result<&[u8], String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file (bad magic)".into());
-    }
-    let (header_len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(format!("unsupported .npy version {v}")),
-    };
-    let end = start + header_len;
-    if bytes.len() < end {
-        return Err("truncated header".into());
-    }
-    let header = String::from_utf8_lossy(&bytes[start..end]);
-    if !header.contains("'|O'") {
+    let npy = vcl_contract::npy::Npy::parse(bytes)?;
+    if npy.descr() != Some("|O") {
         return Err(format!(
             "expected an object array (descr '|O'), header is {}",
-            header.trim()
+            npy.header.trim()
         ));
     }
-    Ok(&bytes[end..])
+    Ok(npy.body)
 }
 
-/// Writes a mapping as numpy does for `np.save(path, dict)`: a 0-d object array whose
-/// pickle (protocol 2, numpy 1.x module names, as in the Algonauts release) holds the
-/// dict, so `np.load(path, allow_pickle=True).item()` returns it.
 pub fn write_mapping(path: &Path, mapping: &BTreeMap<i64, String>) -> Result<()> {
     let mut p: Vec<u8> = Vec::new();
     // ndarray._reconstruct(ndarray, (0,), b'b')

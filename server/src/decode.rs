@@ -179,27 +179,10 @@ pub fn check_values(values: &[f32], range: [f32; 2]) -> Result<(), ServerError> 
 /// A float32 .npy array: (shape, values in C order).
 pub fn read_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), ServerError> {
     let bad = |s: String| ServerError::BadTensor(s);
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err(bad("not a .npy file (no \\x93NUMPY magic)".into()));
-    }
-    let (hlen, hstart) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(bad(format!(".npy version {v} is not supported"))),
-    };
-    let header = bytes
-        .get(hstart..hstart + hlen)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or_else(|| bad("truncated .npy header".into()))?;
-    let field = |key: &str| -> Option<&str> {
-        let i = header.find(&format!("'{key}':"))? + key.len() + 3;
-        Some(header[i..].trim_start())
-    };
-    let descr = field("descr")
-        .and_then(|s| s.strip_prefix('\'')?.split('\'').next())
+    let npy = vcl_contract::npy::Npy::parse(bytes).map_err(bad)?;
+    let field = |key: &str| npy.field(key);
+    let descr = npy
+        .descr()
         .ok_or_else(|| bad("no descr in the .npy header".into()))?;
     if descr != "<f4" {
         return Err(bad(format!(
@@ -209,19 +192,8 @@ pub fn read_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), ServerError> {
     if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
         return Err(bad("Fortran-order arrays are not supported".into()));
     }
-    let shape_txt = field("shape")
-        .and_then(|s| s.strip_prefix('(')?.split(')').next())
-        .ok_or_else(|| bad("no shape in the .npy header".into()))?;
-    let shape: Vec<usize> = shape_txt
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| bad(format!("bad shape ({shape_txt})")))
-        })
-        .collect::<Result<_, _>>()?;
-    let data = &bytes[hstart + hlen..];
+    let shape = npy.shape().map_err(bad)?;
+    let data = npy.body;
     // A shape's product can overflow (found by fuzz/fuzz_targets/npy.rs): such a shape
     // is too large for any body.
     let needed = shape

@@ -13,6 +13,58 @@ pub const FAMILIES: [&str; 6] = [
     "streams",
 ];
 
+/// ROI names per family (label = position + 1; 0 = no ROI), as the Algonauts release.
+pub const ROI_NAMES: [&[&str]; 6] = [
+    &["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"],
+    &["EBA", "FBA-1", "FBA-2", "mTL-bodies"],
+    &["OFA", "FFA-1", "FFA-2", "mTL-faces", "aTL-faces"],
+    &["OPA", "PPA", "RSC"],
+    &["OWFA", "VWFA-1", "VWFA-2", "mfs-words", "mTL-words"],
+    &[
+        "early",
+        "midventral",
+        "midlateral",
+        "midparietal",
+        "ventral",
+        "lateral",
+        "parietal",
+    ],
+];
+
+/// Index of a family in [`FAMILIES`].
+pub fn family_index(family: &str) -> Option<usize> {
+    FAMILIES.iter().position(|f| *f == family)
+}
+
+/// The early visual ROIs, V1v..hV4: the pRF family (`prf-visualrois`).
+pub const EARLY_ROIS: &[&str] = ROI_NAMES[0];
+
+/// The stream ROIs (`streams`: early, midventral, ..., parietal), which overlap the
+/// other families.
+pub const STREAM_ROIS: &[&str] = ROI_NAMES[5];
+
+/// Names that stand for unions of pRF ROIs (`vcl fit --rois V1` means V1v+V1d).
+pub fn roi_alias(name: &str) -> Option<&'static [&'static str]> {
+    match name {
+        "early" => Some(EARLY_ROIS),
+        "V1" => Some(&["V1v", "V1d"]),
+        "V2" => Some(&["V2v", "V2d"]),
+        "V3" => Some(&["V3v", "V3d"]),
+        _ => None,
+    }
+}
+
+/// True for an early ROI, an alias of early ROIs, or a `+` union of them (a family
+/// prefix such as `prf-visualrois:` or `streams:` is ignored): how reports group
+/// early and higher models.
+pub fn is_early(roi: &str) -> bool {
+    let mut parts = roi
+        .split('+')
+        .map(|p| p.rsplit(':').next().unwrap_or(p))
+        .peekable();
+    parts.peek().is_some() && parts.all(|p| EARLY_ROIS.contains(&p) || roi_alias(p).is_some())
+}
+
 /// Name of the generator's parameter file at the top of a synthesized dataset.
 pub const IN_SILICO_PARAMS: &str = "in_silico.json";
 

@@ -18,7 +18,9 @@ use ndarray::{Array1, Array2};
 use crate::error::{DataError, Result};
 use crate::npy;
 pub use images::ImageEntry;
-pub use layout::{Hemisphere, SubjectLayout, FAMILIES};
+pub use layout::{
+    is_early, Hemisphere, SubjectLayout, EARLY_ROIS, FAMILIES, ROI_NAMES, STREAM_ROIS,
+};
 pub use rois::RoiAtlas;
 
 /// A dataset root holding `subj01/`, `subj02/`, ...
@@ -223,34 +225,8 @@ pub fn npy_shape(path: &Path) -> Result<Vec<usize>> {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
-        return Err(bad("not a .npy file (bad magic)"));
-    }
-    let (len, start) = match head[6] {
-        1 => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
-        2 | 3 if head.len() >= 12 => (
-            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
-            12,
-        ),
-        _ => return Err(bad("unsupported .npy version")),
-    };
-    let header = head
-        .get(start..start + len)
-        .ok_or_else(|| bad("truncated header"))?;
-    let header = String::from_utf8_lossy(header);
-    let shape = header
-        .split("'shape':")
-        .nth(1)
-        .and_then(|s| s.split('(').nth(1))
-        .and_then(|s| s.split(')').next())
-        .ok_or_else(|| bad("header has no shape"))?;
-    shape
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| bad("header shape is not integers"))
-        })
-        .collect()
+    // Only the header was read: the body may be cut short, the header may not.
+    vcl_contract::npy::Npy::parse(&head)
+        .and_then(|npy| npy.shape())
+        .map_err(|reason| bad(&reason))
 }

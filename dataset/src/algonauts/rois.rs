@@ -163,14 +163,7 @@ impl RoiAtlas {
                 }
                 return Ok(());
             }
-            let alias: Option<&[&str]> = match roi {
-                "early" => Some(&["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"]),
-                "V1" => Some(&["V1v", "V1d"]),
-                "V2" => Some(&["V2v", "V2d"]),
-                "V3" => Some(&["V3v", "V3d"]),
-                _ => None,
-            };
-            if let Some(parts) = alias {
+            if let Some(parts) = super::layout::roi_alias(roi) {
                 for p in parts {
                     self.mark(&format!("prf-visualrois:{p}"), keep)?;
                 }

@@ -27,13 +27,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    vcl_dataset::logging::init();
     match Cli::parse().command {
         Command::Synth(cfg) => {
             let summary = synth::synthesize(&cfg).with_context(|| {

@@ -10,10 +10,8 @@ use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use super::brain::{
-    self, HigherRule, NcsnrRule, SharedModel, SubjectBrain, FLOC_ROIS, HIGHER_RULE, NCSNR_RULES,
-    ROI_NAMES,
-};
+use super::anatomy::{self, NcsnrRule, FLOC_ROIS, NCSNR_RULES};
+use super::brain::{self, HigherRule, SharedModel, SubjectBrain, HIGHER_RULE};
 use super::early::{self, AreaRule, AREA_RULES};
 use super::measure::{column_stats, measure, noise_ceiling, Measured, RepeatCounts, TrialDesign};
 use super::preset::{PresetParams, NSD_IDS};
@@ -21,8 +19,8 @@ use super::rng::{key, stream, TAG_DESIGN, TAG_FSAVERAGE, TAG_IDS, TAG_NOISE, TAG
 use super::stimuli::{self, make_image, PhotoSet};
 use super::{par, teacher, SubjectSummary, SynthConfig, SynthError, SynthSummary};
 use crate::algonauts::layout::{
-    subject_dir_name, test_image_name, train_image_name, Hemisphere, SubjectLayout, FAMILIES,
-    IN_SILICO_PARAMS,
+    family_index, subject_dir_name, test_image_name, train_image_name, Hemisphere, SubjectLayout,
+    FAMILIES, IN_SILICO_PARAMS, ROI_NAMES,
 };
 use crate::npy;
 
@@ -341,7 +339,7 @@ fn write_subject(
         hemis.insert(h.prefix().to_string(), record);
     }
     for family in FAMILIES {
-        let f = brain::family_index(family).unwrap_or(0);
+        let f = family_index(family).unwrap_or(0);
         let mapping: BTreeMap<i64, String> = ROI_NAMES[f]
             .iter()
             .enumerate()
@@ -623,18 +621,18 @@ impl Description {
                 orientations: early::N_ORI,
                 gabor_wavelength_px: early::GABOR_WAVELENGTH,
                 gabor_sigma_px: early::GABOR_SIGMA,
-                eccentricity_e2_deg: brain::ECC_E2_DEG,
-                eccentricity_max_deg: brain::max_eccentricity(),
+                eccentricity_e2_deg: anatomy::ECC_E2_DEG,
+                eccentricity_max_deg: anatomy::max_eccentricity(),
                 eccentricity_sampling: "uniform in cortical distance for magnification 1/(E + E2), centres inside the image",
                 retinotopy: "lh: right half of the image, rh: left half; V1v/V2v/V3v upper quarter field, V1d/V2d/V3d lower, hV4 full contralateral hemifield",
                 response: "(sum over pRF taps and pyramid levels of orientation-weighted Gabor energy [V1], mixed with second-order energy of energy [V2+])^exponent; preferred pyramid level = log2(pRF sd px / 1.5) + N(0, 0.25)",
                 areas: AREA_RULES.to_vec(),
                 roi_fractions: ROI_NAMES[0]
                     .iter()
-                    .zip(brain::EARLY_FRACTIONS)
+                    .zip(anatomy::EARLY_FRACTIONS)
                     .map(|(n, f)| (n.to_string(), f))
                     .collect(),
-                extra_early_fraction: brain::EXTRA_EARLY_FRACTION,
+                extra_early_fraction: anatomy::EXTRA_EARLY_FRACTION,
             },
             higher: HigherRules {
                 teacher: "fixed stage 1 (7x7: 4 orientations x 2 phases of Gabor at wavelength 4 px, 2 coarse Gabors at 8 px, +-DoG on luminance, +-DoG at half gain on red-green and blue-yellow) -> ReLU, 2x2 mean pool, divisive normalization -> random 3x3 conv 16->32 (He normal) -> same -> random 3x3 conv 32->128 -> same; features: stage-2 global means (32), stage-3 left-half and right-half means (128 + 128)",
@@ -642,11 +640,11 @@ impl Description {
                 calibration_images: brain::CALIBRATION_IMAGES,
                 readout: "softplus(gain * w.f + bias), w a unit-variance mix of family, ROI and stream latents (random projections of standardized teacher features), ipsilateral-half features down-weighted",
                 rule: HIGHER_RULE,
-                stream_fractions: brain::STREAM_FRACTIONS
+                stream_fractions: anatomy::STREAM_FRACTIONS
                     .iter()
                     .map(|&(l, f)| (stream_name(l), f))
                     .collect(),
-                no_stream_fraction: brain::NO_STREAM_FRACTION,
+                no_stream_fraction: anatomy::NO_STREAM_FRACTION,
                 floc_rois: FLOC_ROIS
                     .iter()
                     .map(|&(f, l, host, frac)| {
@@ -658,12 +656,12 @@ impl Description {
                         )
                     })
                     .collect(),
-                roi_size_jitter_log_sd: brain::ROI_SIZE_JITTER,
+                roi_size_jitter_log_sd: anatomy::ROI_SIZE_JITTER,
             },
             noise: NoiseRules {
                 model: "trial beta = ncsnr * signal + N(0, 1), signal standardized over the training images; trials shuffled into sessions, z-scored per vertex within each session, averaged over each image's repeats",
                 ncsnr: NCSNR_RULES.to_vec(),
-                ncsnr_range: brain::NCSNR_RANGE,
+                ncsnr_range: anatomy::NCSNR_RANGE,
                 session_trials: params.session_trials,
                 noise_ceiling: "NC = ncsnr^2 / (ncsnr^2 + (A/3 + B/2 + C) / (A + B + C)), a fraction",
                 ground_truth: "(ncsnr * signal - m) / s per vertex, m and s the trial-weighted means of the session means and sds",

@@ -14,6 +14,7 @@
 //! Same config and seed give byte-identical files: every random draw has its own
 //! keyed stream ([`rng`]) and parallel work never splits a reduction.
 
+pub mod anatomy;
 pub mod brain;
 mod dataset;
 pub mod early;
@@ -32,7 +33,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use brain::{ImageFeatures, SharedModel, SubjectBrain, VertexInfo, ROI_NAMES};
+pub use anatomy::VertexInfo;
+pub use brain::{ImageFeatures, SharedModel, SubjectBrain};
 pub use dataset::synthesize;
 pub use early::{Area, Prf};
 pub use measure::{noise_ceiling, RepeatCounts, TrialDesign};

@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::dataset::synthesize_with;
 use super::*;
+use crate::algonauts::layout::ROI_NAMES;
 use crate::algonauts::layout::{
     subject_dir_name, Hemisphere, SubjectLayout, FAMILIES, IN_SILICO_PARAMS,
 };
@@ -491,7 +492,7 @@ fn layout_is_complete_and_consistent() {
                     );
                 }
                 let mapping = npy::read_mapping(&layout.mapping(family)).unwrap();
-                let f = brain::family_index(family).unwrap();
+                let f = crate::algonauts::layout::family_index(family).unwrap();
                 let expected: BTreeMap<i64, String> = ROI_NAMES[f]
                     .iter()
                     .enumerate()

@@ -62,11 +62,7 @@ pub fn finetuned(run: &Path) -> crate::Result<NamedBackbone> {
 
 /// "early" for ROIs made of V1-hV4 (and the early stream), "higher" otherwise.
 pub fn roi_family(roi: &str) -> &'static str {
-    const EARLY: [&str; 11] = [
-        "V1", "V1v", "V1d", "V2", "V2v", "V2d", "V3", "V3v", "V3d", "hV4", "early",
-    ];
-    let parts = roi.split('+').map(|p| p.rsplit(':').next().unwrap_or(p));
-    if parts.clone().count() > 0 && parts.into_iter().all(|p| EARLY.contains(&p)) {
+    if vcl_dataset::algonauts::is_early(roi) {
         "early"
     } else {
         "higher"

@@ -124,18 +124,10 @@ pub fn grouped_bars(
     root.present().map_err(|e| err(path, e))
 }
 
-/// Scatter plot of (x, y) points in named groups, with an optional y = x line.
-pub fn scatter(
-    path: &Path,
-    title: &str,
-    labels: (&str, &str),
-    groups: &[(String, Vec<(f64, f64)>)],
-    identity_line: bool,
-) -> Result<(), PlotError> {
-    register_font();
-    let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let pts = groups
+/// (x min, x max, y min, y max) over the finite points of every series; the unit
+/// square when there are none.
+fn finite_bounds(series: &[(String, Vec<(f64, f64)>)]) -> (f64, f64, f64, f64) {
+    let pts = series
         .iter()
         .flat_map(|(_, p)| p.iter())
         .filter(|(x, y)| x.is_finite() && y.is_finite());
@@ -147,8 +139,24 @@ pub fn scatter(
         y1 = y1.max(y);
     }
     if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+        (0.0, 1.0, 0.0, 1.0)
+    } else {
+        (x0, x1, y0, y1)
     }
+}
+
+/// Scatter plot of (x, y) points in named groups, with an optional y = x line.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    labels: (&str, &str),
+    groups: &[(String, Vec<(f64, f64)>)],
+    identity_line: bool,
+) -> Result<(), PlotError> {
+    register_font();
+    let root = BitMapBackend::new(path, (640, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let (x0, x1, y0, y1) = finite_bounds(groups);
     let (px, py) = (((x1 - x0) * 0.05).max(1e-3), ((y1 - y0) * 0.05).max(1e-3));
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))
@@ -208,20 +216,7 @@ pub fn line_chart(
     register_font();
     let root = BitMapBackend::new(path, (720, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let pts = series
-        .iter()
-        .flat_map(|(_, p)| p.iter())
-        .filter(|(x, y)| x.is_finite() && y.is_finite());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x0 > x1 {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
+    let (x0, x1, y0, y1) = finite_bounds(series);
     // One point (a single epoch) still gets a visible range.
     let (px, py) = (((x1 - x0) * 0.02).max(0.5), ((y1 - y0) * 0.08).max(1e-3));
     let mut chart = ChartBuilder::on(&root)

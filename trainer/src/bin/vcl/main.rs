@@ -62,13 +62,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    vcl_dataset::logging::init();
     // Before libtorch allocates anything: keeps glibc from handing activation buffers
     // back to the kernel every step (2-3x faster CPU training).
     let tuning = vcl_trainer::model::finetune::tune_allocator();

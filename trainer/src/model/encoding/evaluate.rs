@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::error::{EncodingError, Result};
-use super::fit::{self, index_tensor, to_tensor, FitRecord};
+use super::fit::{self, index_tensor, FitRecord};
 use super::metrics::{self, RoiScores};
 use super::store::{self, FitConfig, StoredEncoder};
 use crate::features::images;
@@ -110,7 +110,7 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
                 .find(|e| e.meta.tap == tf.info.tap)
                 .ok_or_else(|| EncodingError::Invalid("tap".into()))?;
             let pca = store::load_pca(run, &enc.meta.pca_file)?;
-            let x = to_tensor(&tf.features, device);
+            let x = ridge::matrix_to_tensor(tf.features.view()).to_device(device);
             if x.size()[1] != pca.mean.size()[0] {
                 return Err(EncodingError::file(
                     &run.join(&enc.meta.pca_file),
@@ -132,12 +132,12 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
             let held = match cache.entry(m.hemisphere) {
                 std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::btree_map::Entry::Vacant(e) => {
-                    let y = to_tensor(&subject.fmri(m.hemisphere)?, Device::Cpu)
+                    let y = ridge::matrix_to_tensor(subject.fmri(m.hemisphere)?.view())
                         .index_select(0, &held_idx);
                     let nc = subject.noise_ceiling(m.hemisphere)?.map(|a| a.to_vec());
                     let truth = subject
                         .ground_truth_train(m.hemisphere)?
-                        .map(|t| to_tensor(&t, Device::Cpu).index_select(0, &held_idx));
+                        .map(|t| ridge::matrix_to_tensor(t.view()).index_select(0, &held_idx));
                     e.insert(HeldOut { y, nc, truth })
                 }
             };
@@ -303,20 +303,12 @@ fn write_report(
     // Scatter: each voxel's r against sqrt(NC), the highest r its noise allows. Streams
     // overlap the other families, so only prf-visualrois (early) and floc ROIs (higher)
     // are drawn, each voxel once; early last so it stays visible.
-    let early = ["V1v", "V1d", "V2v", "V2d", "V3v", "V3d", "hV4"];
-    let streams = [
-        "streams:early",
-        "midventral",
-        "midlateral",
-        "midparietal",
-        "ventral",
-        "lateral",
-        "parietal",
-    ];
+    let early = vcl_dataset::algonauts::EARLY_ROIS;
+    let streams = vcl_dataset::algonauts::STREAM_ROIS;
     let mut higher_pts = Vec::new();
     let mut early_pts = Vec::new();
     for (roi, points) in scatter {
-        if streams.contains(&roi.as_str()) || roi.contains('+') || roi == "early" {
+        if streams.contains(&roi.as_str()) || roi == "streams:early" || roi.contains('+') {
             continue;
         }
         let target = if early.contains(&roi.as_str()) {

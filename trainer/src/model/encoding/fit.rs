@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
@@ -33,16 +32,6 @@ pub struct Selection {
 pub struct FitRecord {
     pub config: FitConfig,
     pub selections: Vec<Selection>,
-}
-
-/// Row-major f32 matrix -> tensor [n, d] on `device`.
-pub fn to_tensor(a: &Array2<f32>, device: Device) -> Tensor {
-    let (n, d) = a.dim();
-    let std = a.as_standard_layout();
-    let flat = std.as_slice().expect("standard layout is contiguous");
-    Tensor::from_slice(flat)
-        .view([n as i64, d as i64])
-        .to_device(device)
 }
 
 pub fn index_tensor(rows: &[usize], device: Device) -> Tensor {
@@ -155,7 +144,7 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
         let mut pcs: BTreeMap<String, (Tensor, features::TapInfo, std::path::PathBuf)> =
             BTreeMap::new();
         for tf in &feats {
-            let x = to_tensor(&tf.features, device);
+            let x = ridge::matrix_to_tensor(tf.features.view()).to_device(device);
             let k = cfg.pca_components.min(sp.train.len() - 1);
             let pca = ridge::fit_pca(&x, k, device)?;
             let z = pca.transform(&x)?;
@@ -186,7 +175,7 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
                 .enumerate()
                 .map(|(i, &v)| (v, i as i64))
                 .collect();
-            let y_all = to_tensor(&fmri, Device::Cpu);
+            let y_all = ridge::matrix_to_tensor(fmri.view());
             let y = y_all
                 .index_select(0, &train_idx)
                 .index_select(1, &index_tensor(&union, Device::Cpu))

@@ -183,3 +183,118 @@ pub fn restore_vars(
         Ok(())
     })
 }
+
+/// Fields that may differ between a run and its resumption: they change neither
+/// the arithmetic nor the data (more epochs extend the run).
+const RESUMABLE_CHANGES: &[&str] = &["epochs", "eval_batch_size"];
+
+// A trainer's own state, saved and restored with the format above.
+impl super::train::Trainer<'_> {
+    pub(super) fn save_checkpoint(
+        &self,
+        epoch: usize,
+        history: Vec<EpochRecord>,
+        fingerprint: &str,
+    ) -> Result<std::path::PathBuf, FinetuneError> {
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (k, v) in self.backbone.var_store().variables() {
+            tensors.push((format!("backbone.{k}"), v));
+        }
+        for (k, v) in self.heads_vs.variables() {
+            tensors.push((format!("heads.{k}"), v));
+        }
+        for (k, v) in self.adam.state_tensors() {
+            tensors.push((format!("adam.{k}"), v));
+        }
+        let meta = CheckpointMeta {
+            format: 1,
+            epoch,
+            adam_step: self.adam.steps(),
+            loss_scale: self.scaler.map(|s| (s.scale, s.good_steps)),
+            history,
+            config: self.cfg.clone(),
+            dataset_fingerprint: fingerprint.to_string(),
+            trained: self.adam.names().map(str::to_string).collect(),
+        };
+        save(self.opts.run, &meta, tensors)
+    }
+
+    /// Loads a checkpoint after checking it belongs to this config and data.
+    pub(super) fn restore(&mut self, l: &Loaded, fingerprint: &str) -> Result<(), FinetuneError> {
+        let run = self.opts.run;
+        let refuse = |reason: String| FinetuneError::Resume {
+            run: run.to_path_buf(),
+            reason,
+        };
+        let diffs = config_differences(&l.meta.config, self.cfg);
+        if !diffs.is_empty() {
+            return Err(refuse(format!(
+                "{} was made with a different config ({}); only {} may change",
+                l.path.display(),
+                diffs.join("; "),
+                RESUMABLE_CHANGES.join(", ")
+            )));
+        }
+        if l.meta.dataset_fingerprint != fingerprint {
+            return Err(refuse(format!(
+                "the data changed since {} was written (dataset fingerprint {} then, {} now)",
+                l.path.display(),
+                l.meta.dataset_fingerprint,
+                fingerprint
+            )));
+        }
+        let ours: Vec<String> = self.adam.names().map(str::to_string).collect();
+        if ours != l.meta.trained {
+            return Err(refuse(format!(
+                "{} trained {} variables, this model {}",
+                l.path.display(),
+                l.meta.trained.len(),
+                ours.len()
+            )));
+        }
+        let backbone_vars: BTreeMap<String, Tensor> =
+            self.backbone.var_store().variables().into_iter().collect();
+        restore_vars(&l.path, "backbone.", &backbone_vars, &l.tensors)?;
+        let head_vars: BTreeMap<String, Tensor> = self.heads_vs.variables().into_iter().collect();
+        restore_vars(&l.path, "heads.", &head_vars, &l.tensors)?;
+        let adam_state: BTreeMap<String, Tensor> = l
+            .tensors
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("adam.")
+                    .map(|k| (k.to_string(), v.shallow_clone()))
+            })
+            .collect();
+        self.adam
+            .load_state(l.meta.adam_step, &adam_state)
+            .map_err(|reason| FinetuneError::Checkpoint {
+                path: l.path.clone(),
+                reason,
+            })?;
+        if let (Some(sc), Some((scale, good))) = (self.scaler.as_mut(), l.meta.loss_scale) {
+            sc.scale = scale;
+            sc.good_steps = good;
+        }
+        Ok(())
+    }
+}
+
+/// `field: then -> now` for every config field that differs, except those a resume may change.
+fn config_differences(then: &FinetuneConfig, now: &FinetuneConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(then), serde_json::to_value(now))
+    else {
+        return vec!["config not serializable".into()];
+    };
+    let mut out = Vec::new();
+    for (k, va) in &a {
+        if RESUMABLE_CHANGES.contains(&k.as_str()) {
+            continue;
+        }
+        let vb = b.get(k).unwrap_or(&serde_json::Value::Null);
+        if va != vb {
+            out.push(format!("{k}: {va} -> {vb}"));
+        }
+    }
+    out
+}

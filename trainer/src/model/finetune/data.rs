@@ -146,7 +146,7 @@ pub(crate) fn load(cfg: &FinetuneConfig) -> Result<Vec<SubjectData>, FinetuneErr
         }
         let v = vertices.len();
         let cols: Vec<i64> = vertices.iter().map(|&c| c as i64).collect();
-        let fmri = crate::model::encoding::fit::to_tensor(&fmri_all, Device::Cpu)
+        let fmri = crate::model::ridge::matrix_to_tensor(fmri_all.view())
             .index_select(1, &Tensor::from_slice(&cols))
             .contiguous();
         tracing::info!(subject = %subject.name, hemisphere = %cfg.hemisphere, roi = %cfg.roi, voxels = v, train = train.len(), val = val.len(), heldout = sp.heldout.len(), "fine-tuning data");

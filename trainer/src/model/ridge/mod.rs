@@ -203,11 +203,15 @@ pub fn predict(fit: &RidgeFit, x: &Tensor) -> Result<Tensor> {
 
 /// A host tensor [rows, cols] of the same element type as `a` (f32 features, f64
 /// references).
+/// The one ndarray -> tensor copy of the trainer.
 pub fn matrix_to_tensor<A: tch::kind::Element + Copy>(a: ArrayView2<A>) -> Tensor {
     let (rows, cols) = a.dim();
-    // iter() walks in logical row-major order whatever the memory layout
-    let flat: Vec<A> = a.iter().copied().collect();
-    Tensor::from_slice(&flat).view([rows as i64, cols as i64])
+    // Row-major whatever the view's memory layout; no copy when it already is.
+    let std = a.as_standard_layout();
+    let flat = std
+        .as_slice()
+        .expect("a standard-layout array is contiguous");
+    Tensor::from_slice(flat).view([rows as i64, cols as i64])
 }
 
 /// An f64 host copy of a 2-D tensor of any kind, on any device.

@@ -1,0 +1,300 @@
+//! One epoch of optimizer steps: each batch's backbone passes in micro-batches with
+//! the gradient cache, the loss scale under mixed precision, Adam's update.
+
+use std::path::Path;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+use super::validate::image_features;
+use super::{Trainer, SCALE_GROWTH_INTERVAL};
+use crate::features::images;
+use crate::model::finetune::data::derive_seed;
+use crate::model::finetune::{augment, FinetuneError};
+
+/// Where a training step sits: seeds its dropout masks.
+#[derive(Debug, Clone, Copy)]
+struct StepId {
+    epoch: usize,
+    subject: usize,
+    batch: usize,
+}
+
+fn restore_buffers(saved: &[(Tensor, Tensor)]) {
+    tch::no_grad(|| {
+        for (dst, src) in saved {
+            let mut dst = dst.shallow_clone();
+            dst.copy_(src);
+        }
+    });
+}
+
+pub(super) struct EpochStats {
+    pub(super) mean_loss: f64,
+    pub(super) images: usize,
+    pub(super) seconds: f64,
+}
+
+impl Trainer<'_> {
+    /// One epoch (0-based `e`): every batch of subject 1, then subject 2, ...
+    pub(super) fn train_epoch(
+        &mut self,
+        e: usize,
+        last_good: Option<&Path>,
+    ) -> Result<EpochStats, FinetuneError> {
+        let cfg = self.cfg;
+        let device = self.opts.device;
+        let epoch = e + 1;
+        let plans: Vec<Vec<Vec<usize>>> = self
+            .data
+            .iter()
+            .enumerate()
+            .map(|(si, d)| d.epoch_batches(cfg.batch_size, cfg.seed, si, e))
+            .collect();
+        let total_images: usize = plans.iter().flatten().map(Vec::len).sum();
+        let total_batches: usize = plans.iter().map(Vec::len).sum();
+        let bar = ProgressBar::new(total_images as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} {wide_bar} {pos}/{len} images {msg} [{elapsed} < {eta}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_prefix(format!("epoch {epoch}/{}", cfg.epochs()));
+        let (mut sum, mut n_batches, mut images, mut seconds) = (0.0f64, 0usize, 0usize, 0.0f64);
+        let mut global_batch = 0usize;
+        for (si, batches) in plans.iter().enumerate() {
+            self.data[si].pixels(cfg.input_size, self.opts.cache_dir)?;
+            for (bi, rows) in batches.iter().enumerate() {
+                global_batch += 1;
+                let step_start = Instant::now();
+                let sd = &self.data[si];
+                let px = sd
+                    .loaded_pixels()
+                    .ok_or_else(|| FinetuneError::Config("pixels not loaded".into()))?;
+                let x = if cfg.augment {
+                    let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
+                        cfg.seed,
+                        "augment",
+                        &[si as u64, e as u64, bi as u64],
+                    ));
+                    images::normalize(&augment::augment(&px.batch_unit(rows, device), &mut rng))
+                } else {
+                    px.batch(rows, device)
+                };
+                let y = sd.responses(rows, device);
+                let poison = self.opts.hooks.nan_loss_at == Some((epoch, global_batch));
+                let step = StepId {
+                    epoch: e,
+                    subject: si,
+                    batch: bi,
+                };
+                let value = self.step(&x, &y, step, poison)?;
+                if !value.is_finite() {
+                    bar.abandon();
+                    let place = format!(
+                        "batch {global_batch} of {total_batches} ({}, batch {} of its {})",
+                        self.data[si].info.subject,
+                        bi + 1,
+                        batches.len()
+                    );
+                    return Err(FinetuneError::NonFinite {
+                        what: "training",
+                        value,
+                        epoch,
+                        place,
+                        batch: Some(global_batch),
+                        last_good: last_good.map(Path::to_path_buf),
+                    });
+                }
+                sum += value;
+                n_batches += 1;
+                images += rows.len();
+                seconds += step_start.elapsed().as_secs_f64();
+                bar.inc(rows.len() as u64);
+                bar.set_message(format!(
+                    "loss {value:.4}, {:.1} images/s",
+                    images as f64 / seconds.max(1e-9)
+                ));
+            }
+            if !self.resident_pixels {
+                self.data[si].release_pixels();
+            }
+        }
+        bar.finish_and_clear();
+        Ok(EpochStats {
+            mean_loss: if n_batches > 0 {
+                sum / n_batches as f64
+            } else {
+                f64::NAN
+            },
+            images,
+            seconds,
+        })
+    }
+
+    /// Seeds libtorch's generator (dropout) for one forward pass of the backbone, from
+    /// (seed, epoch, subject, batch, micro-batch): each pass is reproducible from its
+    /// position alone, and the two passes over a micro-batch draw the same masks.
+    fn seed_pass(&self, step: StepId, chunk: usize) {
+        let s = derive_seed(
+            self.cfg.seed,
+            "dropout",
+            &[
+                step.epoch as u64,
+                step.subject as u64,
+                step.batch as u64,
+                chunk as u64,
+            ],
+        );
+        tch::manual_seed((s >> 1) as i64);
+    }
+
+    /// One training step on images x [B, 3, S, S] and responses y [B, V]: forward,
+    /// loss, backward, Adam. Returns the loss; a non-finite loss is returned before any
+    /// update, so the weights stay those of the last good step.
+    ///
+    /// With `micro_batch` smaller than B, the backbone runs in micro-batches twice: a
+    /// forward pass without a graph gives all B image features, the loss over the whole
+    /// batch (every other image a negative, as with one pass) gives d loss / d features,
+    /// and a second forward with the graph, one micro-batch at a time, back-propagates that
+    /// gradient (GradCache, Gao et al. 2021). Gradients equal the one-pass ones except
+    /// that backbone batch-norm uses per-micro-batch statistics; memory is that of one
+    /// micro-batch.
+    fn step(
+        &mut self,
+        x: &Tensor,
+        y: &Tensor,
+        step: StepId,
+        poison: bool,
+    ) -> Result<f64, FinetuneError> {
+        let b = x.size()[0];
+        let tap = self.cfg.image_tap.as_deref();
+        // A backbone with nothing to train runs as at inference (running batch-norm
+        // statistics, no dropout): heads on a frozen backbone read the features a fit
+        // of that backbone reads, and the backbone stays exactly the one loaded.
+        let train = self.backbone_learns;
+        let micro = self
+            .cfg
+            .micro_batch
+            .map_or(b, |m| (m as i64).clamp(1, b.max(1)));
+        let mixed = self.scaler.is_some();
+        let scale = self.scaler.map_or(1.0, |s| s.scale);
+        let si = step.subject;
+        self.adam.zero_grad();
+        if micro >= b {
+            self.seed_pass(step, 0);
+            let (backbone, heads) = (&self.backbone, &self.heads);
+            let mut loss = tch::autocast(mixed, || {
+                let features = image_features(backbone, x, tap, train)?.to_kind(Kind::Float);
+                Ok::<_, FinetuneError>(heads.loss(&features, si, y, true))
+            })?;
+            if poison {
+                loss *= f64::NAN;
+            }
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                return Ok(value);
+            }
+            (loss * scale).backward();
+            self.apply_update();
+            return Ok(value);
+        }
+
+        let chunks: Vec<(i64, i64)> = (0..b)
+            .step_by(micro as usize)
+            .map(|start| (start, micro.min(b - start)))
+            .collect();
+        // Pass 1 must not move batch-norm running statistics: pass 2 does, once.
+        let buffers = self.backbone_buffers();
+        let backbone = &self.backbone;
+        let features = chunks
+            .iter()
+            .enumerate()
+            .map(|(ci, &(start, len))| {
+                self.seed_pass(step, ci);
+                tch::no_grad(|| {
+                    tch::autocast(mixed, || {
+                        image_features(backbone, &x.narrow(0, start, len), tap, train)
+                            .map(|f| f.to_kind(Kind::Float))
+                    })
+                })
+            })
+            .collect::<Result<Vec<Tensor>, FinetuneError>>();
+        restore_buffers(&buffers);
+        let leaf = Tensor::cat(&features?, 0).detach().set_requires_grad(true);
+        let heads = &self.heads;
+        let mut loss = tch::autocast(mixed, || heads.loss(&leaf, si, y, true));
+        if poison {
+            loss *= f64::NAN;
+        }
+        let value = loss.double_value(&[]);
+        if !value.is_finite() {
+            return Ok(value);
+        }
+        (loss * scale).backward();
+        let d_features = leaf.grad();
+        for (ci, &(start, len)) in chunks.iter().enumerate() {
+            // A frozen backbone (or one frozen up to the tap) has nothing to receive
+            // the cached gradient: pass 2 would only move batch-norm statistics.
+            if !self.backbone_learns {
+                break;
+            }
+            self.seed_pass(step, ci);
+            let backbone = &self.backbone;
+            let part = tch::autocast(mixed, || {
+                image_features(backbone, &x.narrow(0, start, len), tap, train)
+                    .map(|f| f.to_kind(Kind::Float))
+            })?;
+            if !part.requires_grad() {
+                break;
+            }
+            // d/dθ sum(features * g) = J^T g: back-propagates the cached gradient.
+            (part * d_features.narrow(0, start, len))
+                .sum(Kind::Float)
+                .backward();
+        }
+        self.apply_update();
+        Ok(value)
+    }
+
+    /// Copies of the backbone's non-trained variables (batch-norm running statistics).
+    fn backbone_buffers(&self) -> Vec<(Tensor, Tensor)> {
+        self.backbone
+            .var_store()
+            .variables()
+            .into_values()
+            .filter(|t| !t.requires_grad())
+            .map(|t| {
+                let saved = t.detach().copy();
+                (t, saved)
+            })
+            .collect()
+    }
+
+    /// The Adam update from the gradients in place (scaled by the loss scale under
+    /// mixed precision: a step whose gradients overflowed is skipped and the scale
+    /// halved, as PyTorch's GradScaler does).
+    fn apply_update(&mut self) {
+        match self.scaler.as_mut() {
+            None => self.adam.step(),
+            Some(sc) => {
+                if self.adam.grads_finite() {
+                    self.adam.scale_grads(1.0 / sc.scale);
+                    self.adam.step();
+                    sc.good_steps += 1;
+                    if sc.good_steps % SCALE_GROWTH_INTERVAL == 0 {
+                        sc.scale *= 2.0;
+                    }
+                } else {
+                    sc.scale /= 2.0;
+                    sc.good_steps = 0;
+                    tracing::debug!(scale = sc.scale, "gradients overflowed: step skipped");
+                }
+            }
+        }
+    }
+}
