@@ -4,6 +4,7 @@
 //! puts what the tools read (`paths`), and the binaries' logging (`logging`). No libtorch: it builds and tests in seconds.
 
 pub mod algonauts;
+pub mod cli;
 pub mod error;
 pub mod logging;
 pub mod npy;

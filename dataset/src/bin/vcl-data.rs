@@ -1,11 +1,8 @@
 //! `vcl-data`: the data commands of `vcl` (synth, inspect) without libtorch, for a
-//! machine that only makes or checks datasets. Same flags as `vcl synth` / `vcl inspect`:
-//! both binaries parse the same configuration types.
+//! machine that only makes or checks datasets; the same flags, from the same types.
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use vcl_dataset::algonauts::summary::{self, InspectConfig};
-use vcl_dataset::synth::{self, SynthConfig};
+use clap::Parser;
+use vcl_dataset::cli::DataCommand;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -15,34 +12,10 @@ use vcl_dataset::synth::{self, SynthConfig};
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: DataCommand,
 }
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Synthesize an in-silico brain in the Algonauts 2023 layout.
-    Synth(SynthConfig),
-    /// Summarize a dataset folder: subjects, images, vertices per ROI, noise ceilings.
-    Inspect(InspectConfig),
-}
-
-fn main() -> Result<()> {
+fn main() -> anyhow::Result<()> {
     vcl_dataset::logging::init();
-    match Cli::parse().command {
-        Command::Synth(cfg) => {
-            let summary = synth::synthesize(&cfg).with_context(|| {
-                format!(
-                    "synthesizing the in-silico brain into {}",
-                    cfg.out.display()
-                )
-            })?;
-            print!("{summary}");
-        }
-        Command::Inspect(cfg) => {
-            let text = summary::inspect(&cfg)
-                .with_context(|| format!("inspecting {}", cfg.data_dir.display()))?;
-            print!("{text}");
-        }
-    }
-    Ok(())
+    Cli::parse().command.run()
 }

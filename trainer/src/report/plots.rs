@@ -145,6 +145,30 @@ fn finite_bounds(series: &[(String, Vec<(f64, f64)>)]) -> (f64, f64, f64, f64) {
     }
 }
 
+type XyChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
+
+/// The captioned x-y frame of the scatter and line charts over `ranges` (x, y);
+/// `y_label_area` px for the y tick labels.
+fn xy_chart<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    path: &Path,
+    title: &str,
+    y_label_area: u32,
+    ranges: (std::ops::Range<f64>, std::ops::Range<f64>),
+) -> Result<XyChart<'a, 'b>, PlotError> {
+    ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(50)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(ranges.0, ranges.1)
+        .map_err(|e| err(path, e))
+}
+
 /// Scatter plot of (x, y) points in named groups, with an optional y = x line.
 pub fn scatter(
     path: &Path,
@@ -158,13 +182,8 @@ pub fn scatter(
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let (x0, x1, y0, y1) = finite_bounds(groups);
     let (px, py) = (((x1 - x0) * 0.05).max(1e-3), ((y1 - y0) * 0.05).max(1e-3));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(50)
-        .y_label_area_size(60)
-        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
-        .map_err(|e| err(path, e))?;
+    let ranges = ((x0 - px)..(x1 + px), (y0 - py)..(y1 + py));
+    let mut chart = xy_chart(&root, path, title, 60, ranges)?;
     chart
         .configure_mesh()
         .x_desc(labels.0)
@@ -219,13 +238,8 @@ pub fn line_chart(
     let (x0, x1, y0, y1) = finite_bounds(series);
     // One point (a single epoch) still gets a visible range.
     let (px, py) = (((x1 - x0) * 0.02).max(0.5), ((y1 - y0) * 0.08).max(1e-3));
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(50)
-        .y_label_area_size(70)
-        .build_cartesian_2d((x0 - px)..(x1 + px), (y0 - py)..(y1 + py))
-        .map_err(|e| err(path, e))?;
+    let ranges = ((x0 - px)..(x1 + px), (y0 - py)..(y1 + py));
+    let mut chart = xy_chart(&root, path, title, 70, ranges)?;
     chart
         .configure_mesh()
         .x_desc(labels.0)

@@ -1,17 +1,16 @@
 //! `vcl`: the trainer's command line. One module per command group, in the order of
-//! the data flow (dataset -> fit -> fine-tune -> export, then the analyses and the
-//! report); every command's flags are its library configuration type, flattened here.
+//! the data flow (the dataset's commands come from `vcl_dataset::cli`; fit ->
+//! fine-tune -> export, then the analyses and the report); every command's flags are
+//! its library configuration type, flattened here.
 
 mod analyses;
-mod data;
 mod export;
 mod finetune;
 mod fit;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use vcl_dataset::algonauts::summary::InspectConfig;
-use vcl_dataset::synth::SynthConfig;
+use vcl_dataset::cli::DataCommand;
 use vcl_trainer::analysis::compare::CompareConfig;
 use vcl_trainer::analysis::transfer::TransferConfig;
 use vcl_trainer::analysis::{LandscapeConfig, LateralizationConfig, MiConfig, ProbeConfig};
@@ -31,10 +30,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Synthesize an in-silico brain in the Algonauts 2023 layout.
-    Synth(SynthConfig),
-    /// Summarize a dataset folder: subjects, images, vertices per ROI, noise ceilings.
-    Inspect(InspectConfig),
+    #[command(flatten)]
+    Data(DataCommand),
     /// Fit voxel encoders (tap features -> PCA -> ridge) inside the training split.
     Fit(fit::FitArgs),
     /// Score a fit's encoders once on the held-out split; write tables and plots.
@@ -69,8 +66,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing::debug!(?tuning, "allocator");
     match cli.command {
-        Command::Synth(c) => data::synth(&c),
-        Command::Inspect(c) => data::inspect(&c),
+        Command::Data(c) => c.run(),
         Command::Fit(a) => fit::fit(&a),
         Command::Evaluate(c) => fit::evaluate(&c.run),
         Command::Compare(c) => fit::compare(&c),
