@@ -402,6 +402,10 @@ fn dockerfile_follows_the_workspace() {
         "the Dockerfile's ONNX Runtime is not the pinned {ort}"
     );
     assert!(docker.contains("\"onnxruntime-gpu[cuda,cudnn]==${ONNXRUNTIME_VERSION}\""));
+    assert!(
+        docker.contains("\"onnxruntime==${ONNXRUNTIME_VERSION}\""),
+        "the CPU variant"
+    );
     let cargo = read("Cargo.toml");
     let members = cargo
         .lines()
