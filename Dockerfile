@@ -5,8 +5,9 @@
 #   VARIANT=cpu            the CPU wheel (a third of the size).
 # and two sources of the binary:
 #   BINARY_FROM=build (default)  compiled in the Rust stage below;
-#   BINARY_FROM=host             target/release/vcl-serve from the build context, for
-#                                hosts that build it themselves (no Rust image to pull).
+#   BINARY_FROM=host             target/release/vcl-serve (or --build-arg BINARY=...)
+#                                from the build context, for hosts that build it
+#                                themselves (no Rust image to pull).
 #
 #   docker build -t vcl-serve .
 #   docker build --build-arg VARIANT=cpu -t vcl-serve:cpu .
@@ -35,9 +36,10 @@ RUN cargo build --release --locked -p vcl-server --bin vcl-serve \
  && strip target/release/vcl-serve \
  && install -D target/release/vcl-serve /out/vcl-serve
 
-# ---- or the binary the host built (BINARY_FROM=host) ----
+# ---- or the binary the host built (BINARY_FROM=host), at BINARY in the context ----
 FROM scratch AS host
-COPY target/release/vcl-serve /out/vcl-serve
+ARG BINARY=target/release/vcl-serve
+COPY ${BINARY} /out/vcl-serve
 
 FROM ${BINARY_FROM} AS binary
 
@@ -45,6 +47,8 @@ FROM ${BINARY_FROM} AS binary
 FROM debian:bookworm-slim
 ARG ONNXRUNTIME_VERSION=1.31.1
 ARG VARIANT=gpu
+# A CA bundle for pip where the build's network needs one (scripts/image.sh mounts it).
+ARG PIP_CERT
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Debian's stable packages, unpinned on purpose: bookworm only ships security fixes,
 # and exact versions vanish from the mirror when one lands (the build would break).

@@ -13,7 +13,7 @@ DEMO_DATA ?= data/demo
 DEMO_SEED ?= 0
 VCL := target/release/vcl
 
-.PHONY: setup browser tools build demo test fmt clippy fuzz
+.PHONY: setup browser tools deploy-tools image build demo test fmt clippy fuzz
 
 setup:
 	@scripts/setup.sh
@@ -23,6 +23,14 @@ browser:
 
 tools:
 	@scripts/setup_tools.sh
+
+deploy-tools:
+	@scripts/setup_deploy.sh
+
+# vcl-serve's image with podman (VARIANT=cpu|gpu): scripts/image.sh.
+VARIANT ?= cpu
+image: build deploy-tools
+	scripts/image.sh $(VARIANT)
 
 build: setup
 	cargo build --release --workspace --bins
@@ -87,7 +95,7 @@ FUZZ_SECONDS ?= 20
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
-test: setup browser tools fmt clippy
+test: setup browser tools deploy-tools fmt clippy
 	cargo build --workspace --bins
 	cargo test --workspace
 	$(MAKE) --no-print-directory fuzz

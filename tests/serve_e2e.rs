@@ -460,14 +460,25 @@ impl Drop for Served {
     }
 }
 
-fn spawn_serve(repo: &Path, dir: &Path, env: &[(&str, &str)]) -> Served {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+fn spawn_serve(repo: &Path, dir: &Path, env: &[(&str, &str)]) -> Served {
+    spawn_serve_on(repo, dir, env, free_port())
+}
+
+fn spawn_serve_on(repo: &Path, dir: &Path, env: &[(&str, &str)], port: u16) -> Served {
     let log = dir.join(format!("serve-{port}.log"));
-    let logfile = std::fs::File::create(&log).unwrap();
+    let logfile = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
     let child = Command::new(serve_bin())
         .args(["--model-repository", repo.to_str().unwrap()])
         .args(["--port", &port.to_string(), "--device", "cpu"])
@@ -556,4 +567,412 @@ fn vcl_serve_conforms_to_its_openapi_document() {
         let log = std::fs::read_to_string(&served.log).unwrap_or_default();
         assert!(!log.contains("panicked"), "{log}");
     }
+}
+
+/// The image's client: the container against the host's vcl-serve on the same models,
+/// a version published while it runs, a corrupt model beside the good ones, and a stop
+/// while a long request is in flight.
+const IMAGE_CLIENT: &str = r#"
+import io, json, os, shutil, subprocess, sys, threading, time, urllib.request, urllib.error
+import numpy as np
+host, box, model, repo, name = sys.argv[1:6]
+
+def call(url, path, body=None, ctype="application/x-npy"):
+    req = urllib.request.Request(url + path, data=body, headers={"content-type": ctype, "accept": "application/x-npy"} if body else {})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+def npy(x):
+    buf = io.BytesIO(); np.save(buf, x); return buf.getvalue()
+
+until = time.time() + 90
+while True:
+    try:
+        if call(box, "/readyz")[0] == 200: break
+    except OSError: pass
+    assert time.time() < until, "the container never turned ready"
+    time.sleep(0.3)
+
+x = np.random.default_rng(7).random((5, 3, 64, 64), dtype=np.float32)
+answers = []
+for url in (host, box):
+    s, body = call(url, f"/v1/models/{model}/predict", npy(x))
+    assert s == 200, body
+    answers.append(np.load(io.BytesIO(body)))
+diff = float(np.abs(answers[0] - answers[1]).max())
+assert answers[0].shape == answers[1].shape and diff <= 1e-5, diff
+print(f"image vs host: max abs diff {diff:.2e} over {answers[0].size} values")
+
+# Version 2 published on the host into the read-only mount as an export does (staged,
+# then renamed), a corrupt model beside it, then SIGHUP to the container.
+v1 = f"{repo}/{model}/1"
+staged = f"{repo}/{model}/.partial-1-test"
+shutil.copytree(v1, staged)
+with open(f"{staged}/manifest.json") as f: m = json.load(f)
+m["model"]["version"] = 2
+with open(f"{staged}/manifest.json", "w") as f: json.dump(m, f, indent=2)
+os.rename(staged, f"{repo}/{model}/2")
+shutil.copytree(v1, f"{repo}/corrupt-model/1")
+with open(f"{repo}/corrupt-model/1/model.onnx", "wb") as f: f.write(b"not an onnx model")
+subprocess.run(["podman", "--runtime", "runc", "kill", "-s", "HUP", name], check=True, capture_output=True)
+until = time.time() + 60
+while True:
+    meta = json.loads(call(box, f"/v1/models/{model}")[1])
+    if meta.get("version") == 2: break
+    assert time.time() < until, meta
+    time.sleep(0.2)
+ready = json.loads(call(box, "/readyz")[1])
+assert "corrupt-model" in ready["failed"], ready
+served = [m["name"] for m in json.loads(call(box, "/v1/models")[1])["models"]]
+assert model in served and "corrupt-model" not in served, served
+assert call(box, f"/v1/models/{model}/predict", npy(x))[0] == 200
+print(f"after SIGHUP: version 2 serves; corrupt-model refused ({ready['failed']['corrupt-model'][:60]}...)")
+
+# podman stop while a long request is in flight: every row comes back.
+big = np.random.default_rng(8).random((192, 3, 64, 64), dtype=np.float32)
+got = {}
+t = threading.Thread(target=lambda: got.update(r=call(box, f"/v1/models/{model}/predict", npy(big))))
+t.start(); time.sleep(0.5)
+subprocess.run(["podman", "--runtime", "runc", "stop", "-t", "60", name], check=True, capture_output=True)
+t.join()
+s, body = got["r"]
+assert s == 200, body[:200]
+assert np.load(io.BytesIO(body)).shape[0] == 192
+code = subprocess.run(["podman", "--runtime", "runc", "inspect", name, "--format", "{{.State.ExitCode}}"], check=True, capture_output=True, text=True).stdout.strip()
+assert code == "0", code
+print("podman stop: 192 of 192 rows answered, exit code 0")
+"#;
+
+/// Removes the container when the test ends, however it ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["--runtime", "runc", "rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// Why podman cannot build and run images here, if it cannot.
+fn podman_unavailable() -> Option<String> {
+    let out = Command::new("podman")
+        .args(["--runtime", "runc", "info"])
+        .output();
+    match out {
+        Err(e) => Some(format!(
+            "podman is not installed ({e}); scripts/setup_deploy.sh installs it"
+        )),
+        Ok(o) if !o.status.success() => Some(format!(
+            "podman cannot run here: {}",
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .next()
+                .unwrap_or_default()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// The CPU image built from the Dockerfile (scripts/image.sh) and run with podman on
+/// the tiny export: ready, non-root, the host binary's answers to 1e-5, a new version
+/// picked up on SIGHUP, a corrupt model refused while the others serve, and a stop
+/// that drains a long request and exits 0.
+#[test]
+fn the_cpu_image_serves_as_the_host_binary_does() {
+    if let Some(why) = podman_unavailable() {
+        eprintln!("SKIPPED the image test: {why}");
+        return;
+    }
+    let root = vcl_tests::repo_root();
+    let tag = "localhost/vcl-serve:test-cpu";
+    // The test suite's own vcl-serve goes in: no release build needed.
+    let bin = serve_bin()
+        .strip_prefix(&root)
+        .expect("the workspace's target folder is inside the repository")
+        .to_path_buf();
+    let built = Command::new(root.join("scripts/image.sh"))
+        .args(["cpu", tag])
+        .env("VCL_SERVE_BIN", &bin)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "scripts/image.sh failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&built.stdout));
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("exports");
+    let model = "subj01-lh-untuned-mobilenet_v2";
+    copy_dir(&shared_export().join(model), &repo.join(model));
+    let host = spawn_serve(&repo, dir.path(), &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let name = Container(format!("vcl-serve-test-{}", std::process::id()));
+    let started = Command::new("podman")
+        .args(["--runtime", "runc", "run", "-d", "--name", &name.0])
+        .args(["-p", &format!("127.0.0.1:{port}:8080")])
+        .args(["-v", &format!("{}:/models:ro", repo.display())])
+        // Batches of one image keep the drained request in flight long enough.
+        .args(["-e", "VCL_MAX_BATCH_SIZE=1", "-e", "VCL_INTRA_THREADS=1"])
+        .arg(tag)
+        .env(
+            "CONTAINERS_CONF",
+            root.join(".cache/podman/containers.conf"),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+
+    let user = Command::new("podman")
+        .args(["--runtime", "runc", "exec", &name.0, "id", "-u"])
+        .env(
+            "CONTAINERS_CONF",
+            root.join(".cache/podman/containers.conf"),
+        )
+        .output()
+        .unwrap();
+    // The container may still be starting: `id` needs it running, which run -d ensures.
+    assert_eq!(
+        String::from_utf8_lossy(&user.stdout).trim(),
+        "10001",
+        "{user:?}"
+    );
+
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(IMAGE_CLIENT)
+        .args([&host.url, &format!("http://127.0.0.1:{port}"), model])
+        .arg(&repo)
+        .arg(&name.0)
+        .env(
+            "CONTAINERS_CONF",
+            root.join(".cache/podman/containers.conf"),
+        )
+        .output()
+        .unwrap();
+    let logs = || {
+        let l = Command::new("podman")
+            .args(["--runtime", "runc", "logs", &name.0])
+            .env(
+                "CONTAINERS_CONF",
+                root.join(".cache/podman/containers.conf"),
+            )
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .unwrap_or_default();
+        l.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    };
+    assert!(
+        out.status.success(),
+        "client failed:\n{}\n{}\ncontainer log (last lines, newest first):\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Load through nginx for a few seconds: 4 clients, 2 images per request; prints the
+/// counts as JSON.
+const FAILOVER_CLIENT: &str = r#"
+import io, json, sys, threading, time, urllib.request, urllib.error
+import numpy as np
+url, model, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+buf = io.BytesIO(); np.save(buf, np.random.default_rng(3).random((2, 3, 64, 64), dtype=np.float32))
+body = buf.getvalue()
+counts = {"sent": 0, "answered": 0, "failed": 0}
+errors = []
+lock = threading.Lock()
+def client():
+    end = time.time() + seconds
+    while time.time() < end:
+        req = urllib.request.Request(f"{url}/v1/models/{model}/predict", data=body, headers={"content-type": "application/x-npy"})
+        ok = False
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                ok = r.status == 200 and len(json.loads(r.read())["predictions"]) == 2
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            errors.append(repr(e)[:120])
+        with lock:
+            counts["sent"] += 1
+            counts["answered" if ok else "failed"] += 1
+threads = [threading.Thread(target=client) for _ in range(4)]
+[t.start() for t in threads]; [t.join() for t in threads]
+counts["errors"] = errors[:5]
+print(json.dumps(counts))
+"#;
+
+/// nginx in front, stopped on drop: SIGTERM to the master, which stops its workers
+/// (SIGKILL would leave them orphaned).
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two replicas behind Debian's nginx (round-robin, passive health checks, retries on
+/// the other replica): one is killed with SIGKILL mid-load and restarted, and no
+/// request fails.
+#[test]
+fn two_replicas_behind_nginx_survive_a_sigkill() {
+    let Ok(nginx) = which_nginx() else {
+        eprintln!("SKIPPED the failover test: nginx is not installed (scripts/setup_deploy.sh installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("exports");
+    let model = "subj01-lh-untuned-mobilenet_v2";
+    copy_dir(&shared_export().join(model), &repo.join(model));
+    let (port_a, port_b, front) = (free_port(), free_port(), free_port());
+    let a = spawn_serve_on(&repo, dir.path(), &[], port_a);
+    let _b = spawn_serve_on(&repo, dir.path(), &[], port_b);
+    let prefix = dir.path().join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let conf = format!(
+        r#"
+worker_processes 1;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    log_format upstreams '$upstream_addr $status';
+    access_log {p}/logs/access.log upstreams;
+    client_body_temp_path {p}/body;
+    proxy_temp_path {p}/proxy;
+    fastcgi_temp_path {p}/fastcgi;
+    uwsgi_temp_path {p}/uwsgi;
+    scgi_temp_path {p}/scgi;
+    client_body_buffer_size 1m;
+    upstream vcl {{
+        server 127.0.0.1:{port_a} max_fails=1 fail_timeout=2s;
+        server 127.0.0.1:{port_b} max_fails=1 fail_timeout=2s;
+    }}
+    server {{
+        listen 127.0.0.1:{front};
+        location / {{
+            proxy_pass http://vcl;
+            # A predict changes nothing: safe to send again to the other replica.
+            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            proxy_next_upstream_tries 2;
+            proxy_connect_timeout 1s;
+        }}
+    }}
+}}
+"#,
+        p = prefix.display()
+    );
+    std::fs::write(prefix.join("nginx.conf"), conf).unwrap();
+    let conf_path = prefix.join("nginx.conf");
+    let _nginx = Nginx(
+        Command::new(nginx)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .spawn()
+            .expect("nginx starts"),
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", front)).is_err() {
+        assert!(Instant::now() < until, "nginx did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let client = Command::new(python())
+        .arg("-c")
+        .arg(FAILOVER_CLIENT)
+        .args([&format!("http://127.0.0.1:{front}"), model, "8"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    drop(a); // SIGKILL: no drain, connections reset mid-request
+    std::thread::sleep(Duration::from_millis(1500));
+    let _a = spawn_serve_on(&repo, dir.path(), &[], port_a);
+    let out = client.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("nginx failover (SIGKILL of one of two replicas): {counts}");
+    let access = std::fs::read_to_string(prefix.join("logs/access.log")).unwrap_or_default();
+    let (sent, failed) = (
+        counts["sent"].as_u64().unwrap(),
+        counts["failed"].as_u64().unwrap(),
+    );
+    assert!(sent > 50, "{counts}");
+    assert_eq!(
+        failed,
+        0,
+        "{counts}\nnginx error log:\n{}",
+        std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
+    );
+    assert_eq!(counts["answered"].as_u64(), Some(sent));
+    assert!(
+        access.lines().count() as u64 >= sent,
+        "{} access lines",
+        access.lines().count()
+    );
+    // nginx did see the replica die and sent those requests on (its log names both
+    // upstreams for a retried request), and the restarted replica served again.
+    let a_addr = format!("127.0.0.1:{port_a}");
+    let retried = access.lines().filter(|l| l.contains(", ")).count();
+    let error_log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+    let lines: Vec<&str> = access.lines().collect();
+    let last_a = lines
+        .iter()
+        .rposition(|l| l.starts_with(&a_addr) && !l.contains(", "))
+        .unwrap_or(0);
+    eprintln!(
+        "nginx: {retried} requests retried on the other replica, {} upstream errors logged, \
+         replica A served again up to line {last_a} of {}",
+        error_log.lines().filter(|l| l.contains(&a_addr)).count(),
+        access.lines().count()
+    );
+    assert!(
+        retried > 0 || error_log.contains(&a_addr),
+        "no sign that nginx saw replica A die:\n{error_log}"
+    );
+    assert!(
+        last_a > access.lines().count() / 2,
+        "the restarted replica A did not serve again"
+    );
+}
+
+fn which_nginx() -> Result<PathBuf, ()> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or(())
 }
