@@ -14,11 +14,14 @@ use vcl_server::Config;
 
 #[actix_web::main]
 async fn main() -> Result<()> {
+    // Colours only on a terminal: container and journal logs stay plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(colour)
         .init();
     let matches = Config::command().get_matches();
     let mut cfg = Config::from_arg_matches(&matches)?;
