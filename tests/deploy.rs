@@ -9,12 +9,16 @@ use std::process::Command;
 /// The Kubernetes release the manifests are validated against.
 const KUBERNETES: &str = "1.33.0";
 
-fn tools() -> std::path::PathBuf {
-    let setup = Command::new(vcl_tests::repo_root().join("scripts/setup_tools.sh"))
-        .status()
-        .expect("scripts/setup_tools.sh runs");
-    assert!(setup.success(), "scripts/setup_tools.sh failed");
-    vcl_tests::repo_root().join(".cache/tools-venv/bin")
+/// The tools venv's bin folder, set up once per test process.
+fn tools() -> &'static Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let setup = Command::new(vcl_tests::repo_root().join("scripts/setup_tools.sh"))
+            .status()
+            .expect("scripts/setup_tools.sh runs");
+        assert!(setup.success(), "scripts/setup_tools.sh failed");
+        vcl_tests::repo_root().join(".cache/tools-venv/bin")
+    })
 }
 
 /// The YAML documents of `path` as JSON values (PyYAML from the tools venv).

@@ -678,7 +678,7 @@ fn podman_unavailable() -> Option<String> {
 }
 
 /// The CPU image built from the Dockerfile (scripts/image.sh) and run with podman on
-/// the tiny export: ready, non-root, the host binary's answers to 1e-5, a new version
+/// the tiny export, root filesystem read-only: ready, non-root, the host binary's answers to 1e-5, a new version
 /// picked up on SIGHUP, a corrupt model refused while the others serve, and a stop
 /// that drains a long request and exits 0.
 #[test]
@@ -721,6 +721,8 @@ fn the_cpu_image_serves_as_the_host_binary_does() {
         .args(["--runtime", "runc", "run", "-d", "--name", &name.0])
         .args(["-p", &format!("127.0.0.1:{port}:8080")])
         .args(["-v", &format!("{}:/models:ro", repo.display())])
+        // As the Kubernetes manifest runs it: nothing writes to the image.
+        .arg("--read-only")
         // Batches of one image keep the drained request in flight long enough.
         .args(["-e", "VCL_MAX_BATCH_SIZE=1", "-e", "VCL_INTRA_THREADS=1"])
         .arg(tag)
@@ -744,7 +746,6 @@ fn the_cpu_image_serves_as_the_host_binary_does() {
         )
         .output()
         .unwrap();
-    // The container may still be starting: `id` needs it running, which run -d ensures.
     assert_eq!(
         String::from_utf8_lossy(&user.stdout).trim(),
         "10001",

@@ -16,6 +16,8 @@ pub struct NamedBackbone {
     /// e.g. "early lh", "higher rh", "untuned".
     pub group: String,
     pub method: String,
+    /// The input size the run was tuned at (None for the untuned backbone).
+    pub input_size: Option<u32>,
 }
 
 /// The ImageNet weights set-up installed (or the user's, for other architectures).
@@ -26,6 +28,7 @@ pub fn untuned(arch: Arch) -> NamedBackbone {
         weights: vcl_dataset::paths::weights_dir().join(arch.weights_file()),
         group: "untuned".into(),
         method: "untuned".into(),
+        input_size: None,
     }
 }
 
@@ -57,6 +60,7 @@ pub fn finetuned(run: &Path) -> crate::Result<NamedBackbone> {
         weights,
         group: format!("{} {}", roi_family(&cfg.roi), cfg.hemisphere.prefix()),
         method: cfg.method.to_string(),
+        input_size: Some(cfg.input_size),
     })
 }
 
@@ -77,22 +81,9 @@ pub fn compared(runs: &[PathBuf], size: Option<u32>) -> crate::Result<(Vec<Named
         .map(|r| finetuned(r))
         .collect::<crate::Result<Vec<_>>>()?;
     let arch = tuned.first().map_or(Arch::MobileNetV2, |t| t.arch);
-    let size = match (size, runs.first()) {
-        (Some(s), _) => s,
-        (None, Some(r)) => {
-            let config = r.join("config.json");
-            let text =
-                std::fs::read_to_string(&config).map_err(|e| FinetuneError::io(&config, e))?;
-            let cfg: FinetuneConfig = serde_json::from_str(&text).map_err(|e| {
-                FinetuneError::Config(format!(
-                    "{}: not a fine-tuning config: {e}",
-                    config.display()
-                ))
-            })?;
-            cfg.input_size
-        }
-        (None, None) => 128,
-    };
+    let size = size
+        .or(tuned.first().and_then(|t| t.input_size))
+        .unwrap_or(128);
     let mut all = vec![untuned(arch)];
     all.extend(tuned);
     Ok((all, size))

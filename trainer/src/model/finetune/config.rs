@@ -175,19 +175,24 @@ impl FinetuneConfig {
     ) -> Self {
         let defaults: FinetuneConfig = crate::config::from_flags(["--data=.", "--roi=."])
             .expect("the flags' own defaults parse");
-        let cfg = FinetuneConfig {
+        FinetuneConfig {
             data_dir,
             subjects,
             hemisphere,
             roi,
             method,
             ..defaults
-        };
+        }
+        .filled()
+    }
+
+    /// The defaults that depend on the method and the architecture, written in.
+    fn filled(self) -> Self {
         FinetuneConfig {
-            epochs: Some(cfg.epochs()),
-            lr: Some(cfg.lr()),
-            weights: Some(cfg.weights()),
-            ..cfg
+            epochs: Some(self.epochs()),
+            lr: Some(self.lr()),
+            weights: Some(self.weights()),
+            ..self
         }
     }
 
@@ -215,11 +220,9 @@ impl FinetuneConfig {
             .map_err(|e| FinetuneError::io(&self.data_dir, e))?;
         Ok(FinetuneConfig {
             data_dir,
-            epochs: Some(self.epochs()),
-            lr: Some(self.lr()),
-            weights: Some(self.weights()),
             ..self.clone()
-        })
+        }
+        .filled())
     }
 
     pub fn pooled(&self) -> bool {

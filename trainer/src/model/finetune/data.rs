@@ -212,8 +212,7 @@ pub(crate) fn fingerprint(subjects: &[SubjectData]) -> Result<String, FinetuneEr
     let mut h = Sha256::new();
     for s in subjects {
         h.update(s.info.subject.as_bytes());
-        vcl_contract::manifest::hash_file(&mut h, &s.fmri_path)
-            .map_err(|e| FinetuneError::Data(vcl_dataset::DataError::Invalid(e.to_string())))?;
+        vcl_contract::manifest::hash_file(&mut h, &s.fmri_path)?;
         for e in &s.images {
             let name = e
                 .path

@@ -54,6 +54,9 @@ pub enum FinetuneError {
     Data(#[from] DataError),
 
     #[error(transparent)]
+    Contract(#[from] vcl_contract::ContractError),
+
+    #[error(transparent)]
     Backbone(#[from] BackboneError),
 
     #[error("{path}: {source}")]
