@@ -34,14 +34,7 @@ pub fn untuned(arch: Arch) -> NamedBackbone {
 
 /// The tuned backbone of a finished `vcl finetune` run.
 pub fn finetuned(run: &Path) -> crate::Result<NamedBackbone> {
-    let config = run.join("config.json");
-    let text = std::fs::read_to_string(&config).map_err(|e| FinetuneError::io(&config, e))?;
-    let cfg: FinetuneConfig = serde_json::from_str(&text).map_err(|e| {
-        FinetuneError::Config(format!(
-            "{}: not a fine-tuning config: {e}",
-            config.display()
-        ))
-    })?;
+    let cfg: FinetuneConfig = crate::model::encoding::store::read_json(&run.join("config.json"))?;
     let weights = run.join("backbone.safetensors");
     if !weights.is_file() {
         return Err(FinetuneError::Config(format!(
