@@ -164,7 +164,7 @@ impl AlphaSummary {
         s.sort_by(f64::total_cmp);
         let (&min, &max) = (s.first()?, s.last()?);
         let m = s.len() / 2;
-        let median = if s.len() % 2 == 0 {
+        let median = if s.len().is_multiple_of(2) {
             (s[m - 1] + s[m]) / 2.0
         } else {
             s[m]

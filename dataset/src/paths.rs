@@ -34,3 +34,23 @@ pub fn lfw_subset() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| cache_dir().join("probe/lfw_subset.npy"))
 }
+
+/// Where to write `path`'s next version before renaming it into place. The name is
+/// unique to this process and call, so jobs sharing a cache (a Slurm array on one
+/// node, or many nodes on one shared filesystem) never write into each other's
+/// half-file: each rename brings a whole file, and identical content wins either way.
+pub fn partial(path: &std::path::Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".partial-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    path.with_file_name(name)
+}

@@ -8,7 +8,9 @@
 //!   fine-tuning of backbones (`finetune`: contrastive and regression);
 //! - [`export`]: backbone + encoder as one verified ONNX model in the repository;
 //! - [`analysis`]: what fitted runs tell (compare, transfer, saliency, MI, probe, ...);
-//! - [`report`]: tables, plots and the one-page report of a folder of runs.
+//! - [`report`]: tables, plots and the one-page report of a folder of runs;
+//! - [`plan`]: a study fanned out as independent jobs for Slurm arrays and Kubernetes
+//!   Indexed Jobs, each job one run of the stages above.
 //!
 //! [`config`] is how every command's configuration is built from its flags' defaults;
 //! [`error`] the library's error type.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod export;
 pub mod features;
 pub mod model;
+pub mod plan;
 pub mod provenance;
 pub mod report;
 

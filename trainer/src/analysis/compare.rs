@@ -89,9 +89,12 @@ pub fn paired_t_p(d: &[f64]) -> Option<f64> {
 /// What `vcl compare` asks for.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareConfig {
-    /// Evaluated run directories, one per method.
-    #[arg(required = true, num_args = 2..)]
+    /// Evaluated run directories, one per method (or per method and subject).
+    #[arg(required_unless_present = "plan", num_args = 2..)]
     pub runs: Vec<PathBuf>,
+    /// Instead of RUNS: the fits of every finished job of a plan (`vcl plan`).
+    #[arg(long, conflicts_with = "runs")]
+    pub plan: Option<PathBuf>,
     /// Method the others are measured against (default: cl when present).
     #[arg(long)]
     pub reference: Option<String>,

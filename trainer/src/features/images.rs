@@ -82,7 +82,7 @@ impl PixelCache {
         }
         let pixels = decode_all(entries, size)?;
         std::fs::create_dir_all(cache_dir).map_err(|e| DataError::io(cache_dir, e))?;
-        let tmp = path.with_extension("npy.partial");
+        let tmp = vcl_dataset::paths::partial(&path);
         vcl_dataset::npy::write(&tmp, &pixels)?;
         std::fs::rename(&tmp, &path).map_err(|e| DataError::io(&path, e))?;
         Ok(PixelCache { size, pixels, path })

@@ -332,12 +332,6 @@ fn sidecar(npy: &Path) -> PathBuf {
     npy.with_extension("json")
 }
 
-fn partial(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    path.with_file_name(name)
-}
-
 /// A cache entry, if both files are there and agree with each other; anything else
 /// (a run killed between the two writes, a foreign file) means recompute.
 fn read_cached(path: &Path, n: usize) -> Option<TapFeatures> {
@@ -372,11 +366,11 @@ fn write_cached(path: &Path, info: &TapInfo, features: &Array2<f32>) -> Result<(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| cache_err(e.to_string()))?;
     }
-    let tmp = partial(path);
+    let tmp = vcl_dataset::paths::partial(path);
     vcl_dataset::npy::write(&tmp, features)?;
     std::fs::rename(&tmp, path).map_err(|e| cache_err(e.to_string()))?;
     let json = sidecar(path);
-    let tmp = partial(&json);
+    let tmp = vcl_dataset::paths::partial(&json);
     let body = serde_json::to_vec_pretty(info).map_err(|e| cache_err(e.to_string()))?;
     std::fs::write(&tmp, body).map_err(|e| cache_err(e.to_string()))?;
     std::fs::rename(&tmp, &json).map_err(|e| cache_err(e.to_string()))

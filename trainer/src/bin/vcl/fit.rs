@@ -48,8 +48,11 @@ pub fn evaluate(run: &Path) -> Result<()> {
 }
 
 pub fn compare(c: &CompareConfig) -> Result<()> {
-    let cmp =
-        compare::compare(&c.runs, c.reference.as_deref(), &c.out).context("comparing runs")?;
+    let runs = match &c.plan {
+        Some(p) => vcl_trainer::plan::Plan::read(p)?.finished_fits()?,
+        None => c.runs.clone(),
+    };
+    let cmp = compare::compare(&runs, c.reference.as_deref(), &c.out).context("comparing runs")?;
     print!("{}", compare::markdown(&cmp));
     println!("\nreport: {}", c.out.join("comparison.md").display());
     Ok(())

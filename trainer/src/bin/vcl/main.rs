@@ -7,6 +7,7 @@ mod analyses;
 mod export;
 mod finetune;
 mod fit;
+mod plan;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -15,6 +16,7 @@ use vcl_trainer::analysis::compare::CompareConfig;
 use vcl_trainer::analysis::transfer::TransferConfig;
 use vcl_trainer::analysis::{LandscapeConfig, LateralizationConfig, MiConfig, ProbeConfig};
 use vcl_trainer::model::encoding::evaluate::EvaluateConfig;
+use vcl_trainer::plan::{PlanConfig, RunConfig, StatusConfig};
 use vcl_trainer::report::ReportConfig;
 
 #[derive(Parser, Debug)]
@@ -56,6 +58,14 @@ enum Command {
     Landscape(LandscapeConfig),
     /// One self-contained HTML page (and Markdown) of a folder of runs and analyses.
     Report(ReportConfig),
+    /// A study as independent jobs (PLAN.json), with a Slurm array script or a
+    /// Kubernetes Indexed Job to run them.
+    Plan(Box<PlanConfig>),
+    /// Run one job of a plan (index from --index, SLURM_ARRAY_TASK_ID or
+    /// JOB_COMPLETION_INDEX); finished jobs are no-ops, interrupted ones resume.
+    Run(RunConfig),
+    /// Which jobs of a plan are done, running, interrupted, failed or missing.
+    Status(StatusConfig),
 }
 
 fn main() -> Result<()> {
@@ -78,6 +88,9 @@ fn main() -> Result<()> {
         Command::Probe(c) => analyses::probe(&c),
         Command::Landscape(c) => analyses::landscape(&c),
         Command::Report(c) => analyses::report(&c),
+        Command::Plan(c) => plan::plan(&c),
+        Command::Run(c) => plan::run(&c),
+        Command::Status(c) => plan::status(&c),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Reading, checking, saving and hashing torchvision state_dicts.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tch::nn::VarStore;
@@ -216,13 +216,7 @@ pub(super) fn save(vs: &VarStore, path: &Path) -> Result<(), BackboneError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| failed(e.to_string()))?;
     }
-    let tmp = partial_path(path);
+    let tmp = vcl_dataset::paths::partial(path);
     Tensor::write_safetensors(&cpu, &tmp).map_err(|e| failed(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| failed(e.to_string()))
-}
-
-fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    path.with_file_name(name)
 }

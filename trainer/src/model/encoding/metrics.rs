@@ -80,7 +80,7 @@ pub fn median(v: &[f32]) -> f32 {
     let mut s = v.to_vec();
     s.sort_by(f32::total_cmp);
     let m = s.len() / 2;
-    if s.len() % 2 == 0 {
+    if s.len().is_multiple_of(2) {
         (s[m - 1] + s[m]) / 2.0
     } else {
         s[m]
