@@ -206,3 +206,101 @@ fn dockerfile_passes_hadolint_with_every_ignore_explained() {
         }
     }
 }
+
+/// `vcl plan --k8s`: the Indexed Job of a tiny study validates against the same pinned
+/// Kubernetes, has one completion per job, runs `vcl run --plan` with the plan's paths
+/// mounted, asks for the GPUs, memory and time given; a plan whose files a pod could
+/// not see is refused with the file named.
+#[test]
+fn a_plans_indexed_job_validates_and_asks_for_what_was_given() {
+    let (_guard, data) = vcl_tests::tiny_dataset(8, 2);
+    let runs = tempfile::tempdir().unwrap();
+    let weights = vcl_dataset::paths::weights_dir().join("mobilenet_v2.safetensors");
+    let outside = runs.path().join("refused.yaml");
+    let out = vcl_tests::vcl(&[
+        "plan",
+        "--data",
+        data.to_str().unwrap(),
+        "--subjects",
+        "1",
+        "--hemispheres",
+        "lh",
+        "--rois",
+        "V1v",
+        "--methods",
+        "cl",
+        "--runs",
+        runs.path().to_str().unwrap(),
+        "--out",
+        runs.path().join("plan.json").to_str().unwrap(),
+        "--k8s",
+        outside.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains("mobilenet_v2.safetensors")
+            && said.contains("a pod sees only"),
+        "{said}"
+    );
+    assert!(!outside.exists() && !runs.path().join("plan.json").exists());
+
+    let local_weights = runs.path().join("mobilenet_v2.safetensors");
+    std::fs::copy(&weights, &local_weights).unwrap();
+    let manifest = runs.path().join("study.yaml");
+    let plan = vcl_tests::plan_tiny_study(
+        &data,
+        runs.path(),
+        &[
+            "--weights",
+            local_weights.to_str().unwrap(),
+            "--k8s",
+            manifest.to_str().unwrap(),
+            "--gpus",
+            "1",
+            "--cpus",
+            "8",
+            "--mem",
+            "32G",
+            "--time",
+            "1-00:00:00",
+            "--max-parallel",
+            "2",
+            "--image",
+            "registry.example/vcl-trainer:0.1",
+        ],
+    );
+    let (ok, report) = validate(&manifest);
+    assert!(ok, "{}:\n{report}", manifest.display());
+    let docs = documents(&manifest);
+    assert_eq!(docs.len(), 1);
+    let job = &docs[0];
+    assert_eq!(job["kind"], "Job");
+    assert_eq!(job["spec"]["completionMode"], "Indexed");
+    assert_eq!(job["spec"]["completions"], 4);
+    assert_eq!(job["spec"]["parallelism"], 2);
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["activeDeadlineSeconds"], 86_400);
+    let c = &containers(job)[0];
+    assert_eq!(c["image"], "registry.example/vcl-trainer:0.1");
+    let plan_abs = std::fs::canonicalize(&plan).unwrap();
+    assert_eq!(
+        c["command"],
+        serde_json::json!(["vcl", "run", "--plan", plan_abs.to_str().unwrap()])
+    );
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 1);
+    assert_eq!(c["resources"]["requests"]["memory"], "32768Mi");
+    assert_eq!(c["resources"]["requests"]["cpu"], "8");
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    let data_abs = std::fs::canonicalize(&data).unwrap();
+    let runs_abs = std::fs::canonicalize(runs.path()).unwrap();
+    assert_eq!(
+        mounts,
+        [data_abs.to_str().unwrap(), runs_abs.to_str().unwrap()]
+    );
+}

@@ -114,3 +114,47 @@ pub fn fit_config(data: &Path) -> vcl_trainer::model::encoding::FitConfig {
         .chain(flags.iter().map(std::ffi::OsStr::new));
     vcl_trainer::config::from_flags(args).expect("the test suite's fit flags parse")
 }
+
+/// `vcl plan` of the suite's 4-job study on a 2-subject tiny dataset: subj01 and subj02,
+/// left V1v+V1d, untuned and cl (15 epochs at 64 px, one checkpoint every ~0.5 s), into
+/// `runs`; `extra` adds flags (--sbatch, resources). Returns RUNS/plan.json.
+pub fn plan_tiny_study(data: &Path, runs: &Path, extra: &[&str]) -> PathBuf {
+    let plan = runs.join("plan.json");
+    let (d, r, p) = (data.to_str(), runs.to_str(), plan.to_str());
+    let (Some(d), Some(r), Some(p)) = (d, r, p) else {
+        panic!("test paths are UTF-8");
+    };
+    let mut args = vec![
+        "plan",
+        "--data",
+        d,
+        "--subjects",
+        "1,2",
+        "--hemispheres",
+        "lh",
+        "--rois",
+        "V1v+V1d",
+        "--methods",
+        "untuned,cl",
+        "--input-size",
+        "64",
+        "--heldout",
+        "0.25",
+        "--finetune",
+        "--epochs 15 --batch-size 8",
+        "--fit",
+        "--batch-size 16 --max-feature-dim 8192",
+        "--runs",
+        r,
+        "--out",
+        p,
+    ];
+    args.extend_from_slice(extra);
+    let out = vcl(&args);
+    assert!(
+        out.status.success(),
+        "vcl plan failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    plan
+}

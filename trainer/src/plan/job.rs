@@ -144,7 +144,7 @@ fn scheduler_id() -> Option<String> {
 /// The lock, waiting a little: `vcl status` takes it for an instant to tell a live job
 /// from a dead one.
 fn lock(job: &Job) -> Result<std::fs::File, PlanError> {
-    for _ in 0..50 {
+    for _ in 0..20 {
         if let Some(f) = state::acquire(&job.folder)? {
             return Ok(f);
         }
@@ -206,7 +206,6 @@ pub fn run_job(
     }
     let spec = serde_json::to_string_pretty(job).map_err(|e| PlanError::file(&job.folder, e))?;
     super::write_atomic(&job.folder.join("job.json"), spec.as_bytes())?;
-    check_data(plan, job)?;
 
     let mut record = before.unwrap_or(JobRecord {
         id: job.id.clone(),
@@ -233,7 +232,7 @@ pub fn run_job(
     if signals {
         watch_signals(&tracker)?;
     }
-    match work(job, env, &tracker) {
+    match check_data(plan, job).and_then(|()| work(job, env, &tracker)) {
         Ok((results, resumed_from_epoch)) => {
             tracker.update(|r| r.results = results.clone())?;
             tracker.end(Phase::Done, "done".into())?;

@@ -342,6 +342,16 @@ pub fn plan(cfg: &PlanConfig) -> Result<Plan, PlanError> {
             .collect::<Result<_, _>>()
             .map_err(crate::Error::from)?
     };
+    // An ROI a subject lacks fails here, not hours later in one job of many.
+    for s in &subjects {
+        let subject = ds.subject(s).map_err(crate::Error::from)?;
+        for &h in &cfg.hemispheres {
+            let atlas = subject.rois(h).map_err(crate::Error::from)?;
+            for roi in &cfg.rois {
+                atlas.select(roi, s).map_err(crate::Error::from)?;
+            }
+        }
+    }
     let fit_words = extra_flags("fit", &cfg.fit_flags)?;
     let finetune_words = extra_flags("finetune", &cfg.finetune_flags)?;
     let shared = |s: &str| -> Vec<String> {

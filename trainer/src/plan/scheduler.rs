@@ -214,6 +214,11 @@ pub fn k8s_job(plan: &Plan, plan_path: &Path, res: &Resources) -> Result<String,
             read.push(job.fit.weights());
         }
     }
+    // The weights' default path runs through `..`: compare where files really are.
+    let read: Vec<PathBuf> = read
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
     if let Some(p) = read.iter().find(|p| !visible(p)) {
         return Err(PlanError::file(
             p,
@@ -229,7 +234,7 @@ pub fn k8s_job(plan: &Plan, plan_path: &Path, res: &Resources) -> Result<String,
     let parallel = res.max_parallel.unwrap_or(n).min(n);
     let mem = format!("{}Mi", memory_mb(&res.mem)?);
     let gpu = if res.gpus > 0 {
-        format!("\n                nvidia.com/gpu: {}", res.gpus)
+        format!("\n              nvidia.com/gpu: {}", res.gpus)
     } else {
         String::new()
     };

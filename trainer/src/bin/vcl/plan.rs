@@ -1,5 +1,7 @@
 //! `vcl plan`, `run`, `status`: a study fanned out as jobs for Slurm or Kubernetes.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result};
 use vcl_dataset::paths;
 use vcl_trainer::plan::StatusConfig;
@@ -9,11 +11,18 @@ use crate::device;
 
 pub fn plan(c: &PlanConfig) -> Result<()> {
     let mut p = plan::plan(c).context("planning the study")?;
-    if let Some(script) = &c.sbatch {
-        p.sbatch = Some(std::path::absolute(script).unwrap_or_else(|_| script.clone()));
-    }
-    p.write(&c.out)?;
-    let out = std::path::absolute(&c.out).unwrap_or_else(|_| c.out.clone());
+    p.sbatch = c.sbatch.as_ref().map(|s| absolute(s));
+    let out = absolute(&c.out);
+    // Every file is made before any is written: a bad flag leaves nothing behind.
+    let sbatch = match &c.sbatch {
+        Some(_) => Some(scheduler::sbatch_script(&p, &out, &c.resources)?),
+        None => None,
+    };
+    let k8s = match &c.k8s {
+        Some(_) => Some(scheduler::k8s_job(&p, &out, &c.resources)?),
+        None => None,
+    };
+    p.write(&out)?;
     println!("| # | job | method | subject | hemispheres | ROIs |");
     println!("|---:|---|---|---|---|---|");
     for j in &p.jobs {
@@ -33,22 +42,20 @@ pub fn plan(c: &PlanConfig) -> Result<()> {
         );
     }
     println!("\n{} jobs: {}", p.jobs.len(), out.display());
-    if let Some(script) = &c.sbatch {
-        let text = scheduler::sbatch_script(&p, &out, &c.resources)?;
-        std::fs::write(script, text).with_context(|| format!("writing {}", script.display()))?;
-        println!("Slurm: sbatch {}", script.display());
+    if let (Some(path), Some(text)) = (&c.sbatch, sbatch) {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("Slurm: sbatch {}", path.display());
     }
-    if let Some(manifest) = &c.k8s {
-        let text = scheduler::k8s_job(&p, &out, &c.resources)?;
-        std::fs::write(manifest, text)
-            .with_context(|| format!("writing {}", manifest.display()))?;
-        println!("Kubernetes: kubectl apply -f {}", manifest.display());
+    if let (Some(path), Some(text)) = (&c.k8s, k8s) {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("Kubernetes: kubectl apply -f {}", path.display());
     }
-    println!(
-        "run one job here: vcl run --plan {} --index 0",
-        out.display()
-    );
+    println!("one job here: vcl run --plan {} --index 0", out.display());
     Ok(())
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 pub fn run(c: &RunConfig) -> Result<()> {
