@@ -145,3 +145,43 @@ fn bad_requests_are_refused_with_clear_errors() {
     let e = fit_cli(&["--rois", "V7"]);
     assert!(e.contains("unknown ROI 'V7'"), "{e}");
 }
+
+/// The randomized PCA (what `--pca-solver auto` takes at NSD size) gives the same
+/// held-out scores as the exact one, on the demo brain's 900 images: per ROI, mean r
+/// within 1e-3.
+#[test]
+fn randomized_pca_scores_as_the_exact_one_on_the_demo_brain() {
+    use vcl_trainer::model::ridge::PcaSolver;
+    let (_guard, data) = vcl_tests::preset_dataset(vcl_dataset::synth::Preset::Demo, 3, 1);
+    let cache = tempfile::tempdir().unwrap();
+    let scores = |solver: PcaSolver| {
+        let run = tempfile::tempdir().unwrap();
+        let cfg = FitConfig {
+            hemispheres: vec![vcl_dataset::algonauts::Hemisphere::Left],
+            rois: vec![
+                "V1v".into(),
+                "V2v+V2d".into(),
+                "early".into(),
+                "floc-faces".into(),
+            ],
+            taps: vec!["features.6".into(), "features.13".into()],
+            pca_components: 300,
+            pca_solver: solver,
+            ..vcl_tests::fit_config(&data)
+        };
+        encoding::fit(&cfg, run.path(), cache.path(), Device::Cpu).unwrap();
+        let eval = encoding::evaluate(run.path(), cache.path(), Device::Cpu).unwrap();
+        eval.results
+            .iter()
+            .map(|r| (r.roi.clone(), r.tap.clone(), r.scores.mean_r))
+            .collect::<Vec<_>>()
+    };
+    let exact = scores(PcaSolver::Svd);
+    let fast = scores(PcaSolver::Randomized);
+    assert_eq!(exact.len(), 4);
+    for ((roi, tap_e, re), (_, tap_f, rf)) in exact.iter().zip(&fast) {
+        eprintln!("{roi}: exact {re:.5} ({tap_e}), randomized {rf:.5} ({tap_f})");
+        assert_eq!(tap_e, tap_f, "{roi}: the CV chose another tap");
+        assert!((re - rf).abs() < 1e-3, "{roi}: {re} vs {rf}");
+    }
+}

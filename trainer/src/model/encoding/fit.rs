@@ -146,7 +146,7 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
         for tf in &feats {
             let x = ridge::matrix_to_tensor(tf.features.view()).to_device(device);
             let k = cfg.pca_components.min(sp.train.len() - 1);
-            let pca = ridge::fit_pca(&x, k, device)?;
+            let pca = ridge::fit_pca_with(&x, k, cfg.pca_solver, device)?;
             let z = pca.transform(&x)?;
             let rel =
                 store::save_pca(run, &subject.name, &tf.info.tap, &pca.mean, &pca.components)?;

@@ -57,6 +57,12 @@ pub struct FitConfig {
     pub input_size: u32,
     #[arg(long = "pca", default_value_t = 1000)]
     pub pca_components: usize,
+    /// How PCA decomposes each tap's features: auto (exact below ~67M values or when k
+    /// nears min(n, d), randomized above), randomized, or an exact route (svd,
+    /// row-gram, feature-gram).
+    #[arg(long, value_enum, default_value = "auto")]
+    #[serde(default)]
+    pub pca_solver: crate::model::ridge::PcaSolver,
     /// Ridge alphas (default: logspace(-1, 7, 9)).
     #[arg(long, value_delimiter = ',', default_values_t = ridge::default_alphas())]
     pub alphas: Vec<f64>,
