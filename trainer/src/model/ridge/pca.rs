@@ -251,8 +251,19 @@ fn row_gram(x: &Tensor, mean: &Tensor, k: i64, kind: Kind) -> Result<(Tensor, Te
     Ok((components * sign.to_kind(kind), lambda))
 }
 
-/// X_c q for centered rows X_c = X - mean, a row block at a time: [n, l].
+/// Whether `x` can enter the products whole: already f32 on the mean's device, so no
+/// copy is made (the centering is applied to the thin products instead).
+fn in_place(x: &Tensor, mean: &Tensor) -> bool {
+    x.kind() == Kind::Float && x.device() == mean.device()
+}
+
+/// X_c q for centered rows X_c = X - mean: X q - 1 (mean q), so X is never copied
+/// centered; a row block at a time when X must move or convert: [n, l].
 fn times(x: &Tensor, mean: &Tensor, q: &Tensor) -> Tensor {
+    let shift = mean.unsqueeze(0).matmul(q);
+    if in_place(x, mean) {
+        return x.matmul(q) - shift;
+    }
     let (n, d) = (x.size()[0], x.size()[1]);
     let rows = (BLOCK_ELEMS / d).max(1);
     let parts: Vec<Tensor> = (0..n)
@@ -262,14 +273,20 @@ fn times(x: &Tensor, mean: &Tensor, q: &Tensor) -> Tensor {
                 .narrow(0, s, rows.min(n - s))
                 .to_device(mean.device())
                 .to_kind(Kind::Float);
-            (xb - mean).matmul(q)
+            xb.matmul(q) - &shift
         })
         .collect();
     Tensor::cat(&parts, 0)
 }
 
-/// X_c^T p, summed over row blocks: [d, l].
+/// X_c^T p = X^T p - mean (1^T p): [d, l].
 fn times_t(x: &Tensor, mean: &Tensor, p: &Tensor) -> Tensor {
+    let shift = mean
+        .unsqueeze(1)
+        .matmul(&p.sum_dim_intlist(0, true, Kind::Float));
+    if in_place(x, mean) {
+        return x.transpose(0, 1).matmul(p) - shift;
+    }
     let (n, d) = (x.size()[0], x.size()[1]);
     let rows = (BLOCK_ELEMS / d).max(1);
     let mut out = Tensor::zeros([d, p.size()[1]], (Kind::Float, mean.device()));
@@ -279,9 +296,9 @@ fn times_t(x: &Tensor, mean: &Tensor, p: &Tensor) -> Tensor {
             .narrow(0, s, len)
             .to_device(mean.device())
             .to_kind(Kind::Float);
-        out += (xb - mean).transpose(0, 1).matmul(&p.narrow(0, s, len));
+        out += xb.transpose(0, 1).matmul(&p.narrow(0, s, len));
     }
-    out
+    out - shift
 }
 
 fn orthonormal(a: &Tensor) -> Result<Tensor> {
