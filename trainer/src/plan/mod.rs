@@ -310,16 +310,124 @@ fn folder_name(parts: &[&str]) -> String {
         .collect()
 }
 
-/// The jobs of a study, each fully specified, in a stable order; fingerprints every
-/// (subject, hemisphere) the jobs read.
-pub fn plan(cfg: &PlanConfig) -> Result<Plan, PlanError> {
-    let data_dir =
-        std::fs::canonicalize(&cfg.data_dir).map_err(|e| PlanError::file(&cfg.data_dir, e))?;
-    std::fs::create_dir_all(&cfg.runs).map_err(|e| PlanError::file(&cfg.runs, e))?;
-    let runs = std::fs::canonicalize(&cfg.runs).map_err(|e| PlanError::file(&cfg.runs, e))?;
-    // Slurm does not create the folder of --output: a job would fail before starting.
-    let logs = runs.join("logs");
-    std::fs::create_dir_all(&logs).map_err(|e| PlanError::file(&logs, e))?;
+/// What every job of a study shares while the plan is made.
+struct Planner<'a> {
+    cfg: &'a PlanConfig,
+    data_dir: PathBuf,
+    runs: PathBuf,
+    fit_words: Vec<String>,
+    finetune_words: Vec<String>,
+    /// (subject, hemisphere) -> the export manifest's dataset fingerprint
+    fingerprints: BTreeMap<(String, Hemisphere), String>,
+}
+
+impl Planner<'_> {
+    /// The flags every job of `subject` shares between its fine-tuning and its fit.
+    fn shared(&self, subject: &str) -> Vec<String> {
+        let cfg = self.cfg;
+        let mut w = vec![
+            format!("--data={}", self.data_dir.display()),
+            format!("--backbone={}", cfg.arch.name()),
+            format!("--input-size={}", cfg.input_size),
+            format!("--heldout={}", cfg.heldout_fraction),
+            format!("--split-seed={}", cfg.split_seed),
+            format!("--subjects={subject}"),
+        ];
+        if let Some(wt) = &cfg.weights {
+            w.push(format!("--weights={}", wt.display()));
+        }
+        w
+    }
+
+    fn fingerprints_of(&self, subject: &str, hemis: &[Hemisphere]) -> BTreeMap<Hemisphere, String> {
+        hemis
+            .iter()
+            .map(|&h| (h, self.fingerprints[&(subject.to_string(), h)].clone()))
+            .collect()
+    }
+
+    /// One subject's fit of every hemisphere and ROI on the initial backbone.
+    fn untuned(&self, subject: &str) -> Result<Job, PlanError> {
+        let cfg = self.cfg;
+        let id = folder_name(&[subject, "untuned"]);
+        let mut words = self.shared(subject);
+        let hemis: Vec<&str> = cfg.hemispheres.iter().map(|h| h.prefix()).collect();
+        words.push(format!("--hemispheres={}", hemis.join(",")));
+        if !cfg.rois.is_empty() {
+            words.push(format!("--rois={}", cfg.rois.join(",")));
+        }
+        words.push("--method=untuned".into());
+        words.extend(self.fit_words.iter().cloned());
+        let fit: FitConfig = parse("fit", words)?;
+        Ok(Job {
+            index: 0,
+            folder: self.runs.join(&id),
+            id,
+            method: Method::Untuned,
+            subject: subject.to_string(),
+            hemispheres: cfg.hemispheres.clone(),
+            rois: cfg.rois.clone(),
+            dataset_fingerprint: self.fingerprints_of(subject, &cfg.hemispheres),
+            log: PathBuf::new(),
+            finetune: None,
+            fit: fit.resolved().map_err(crate::Error::from)?,
+        })
+    }
+
+    /// Fine-tuning for one ROI, then that ROI's fit on the tuned backbone.
+    fn tuned(
+        &self,
+        subject: &str,
+        h: Hemisphere,
+        roi: &str,
+        method: Method,
+    ) -> Result<Job, PlanError> {
+        let objective = match method {
+            Method::Regression => Objective::Regression,
+            _ => Objective::Cl,
+        };
+        let id = folder_name(&[subject, h.prefix(), roi, objective.name()]);
+        let folder = self.runs.join(&id);
+        let mut words = self.shared(subject);
+        words.extend([
+            format!("--hemisphere={}", h.prefix()),
+            format!("--roi={roi}"),
+            format!("--method={}", objective.name()),
+        ]);
+        words.extend(self.finetune_words.iter().cloned());
+        let ft: FinetuneConfig = parse("finetune", words)?;
+        let ft = ft.resolved().map_err(crate::Error::from)?;
+        ft.validate().map_err(crate::Error::from)?;
+        let mut words = self.shared(subject);
+        words.retain(|w| !w.starts_with("--weights="));
+        words.extend([
+            format!("--hemispheres={}", h.prefix()),
+            format!("--rois={roi}"),
+            format!("--method={}", method.name()),
+            format!(
+                "--weights={}",
+                folder.join("finetune/backbone.safetensors").display()
+            ),
+        ]);
+        words.extend(self.fit_words.iter().cloned());
+        let fit: FitConfig = parse("fit", words)?;
+        Ok(Job {
+            index: 0,
+            id,
+            method,
+            subject: subject.to_string(),
+            hemispheres: vec![h],
+            rois: vec![roi.to_string()],
+            dataset_fingerprint: self.fingerprints_of(subject, &[h]),
+            folder,
+            log: PathBuf::new(),
+            finetune: Some(ft),
+            fit: fit.resolved().map_err(crate::Error::from)?,
+        })
+    }
+}
+
+fn check_axes(cfg: &PlanConfig) -> Result<(), PlanError> {
     if cfg.methods.contains(&Method::Pooled) {
         return Err(PlanError::Invalid(
             "--methods pooled: a pooled backbone is tuned on several subjects at once, not one \
@@ -332,6 +440,51 @@ pub fn plan(cfg: &PlanConfig) -> Result<Plan, PlanError> {
             "--methods and --hemispheres need at least one value each".into(),
         ));
     }
+    Ok(())
+}
+
+/// The export manifest's fingerprint of every (subject, hemisphere) of the study, and
+/// the check that each subject has every ROI asked for: a missing ROI fails here, not
+/// hours later in one job of many.
+fn fingerprint_all(
+    cfg: &PlanConfig,
+    ds: &Dataset,
+    subjects: &[String],
+) -> Result<BTreeMap<(String, Hemisphere), String>, PlanError> {
+    let bar = indicatif::ProgressBar::new((subjects.len() * cfg.hemispheres.len()) as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "fingerprinting {pos}/{len} fMRI files {wide_bar} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let mut out = BTreeMap::new();
+    for s in subjects {
+        let subject = ds.subject(s).map_err(crate::Error::from)?;
+        for &h in &cfg.hemispheres {
+            let atlas = subject.rois(h).map_err(crate::Error::from)?;
+            for roi in &cfg.rois {
+                atlas.select(roi, s).map_err(crate::Error::from)?;
+            }
+            let fp = crate::export::dataset_fingerprint(&subject, h).map_err(crate::Error::from)?;
+            out.insert((s.clone(), h), fp);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(out)
+}
+
+/// The jobs of a study, each fully specified, in a stable order (subject, then method,
+/// hemisphere, ROI). Nothing is written but the runs folder and its `logs/` (Slurm does
+/// not create the folder of `--output`: a task would fail before starting).
+pub fn plan(cfg: &PlanConfig) -> Result<Plan, PlanError> {
+    check_axes(cfg)?;
+    let data_dir =
+        std::fs::canonicalize(&cfg.data_dir).map_err(|e| PlanError::file(&cfg.data_dir, e))?;
+    // Real paths where they exist (a pod mounts them; links would not resolve there).
+    let runs = std::fs::canonicalize(&cfg.runs)
+        .or_else(|_| std::path::absolute(&cfg.runs))
+        .map_err(|e| PlanError::file(&cfg.runs, e))?;
     let ds = Dataset::open(&data_dir).map_err(crate::Error::from)?;
     let subjects: Vec<String> = if cfg.subjects.is_empty() {
         ds.subjects.clone()
@@ -342,147 +495,30 @@ pub fn plan(cfg: &PlanConfig) -> Result<Plan, PlanError> {
             .collect::<Result<_, _>>()
             .map_err(crate::Error::from)?
     };
-    // An ROI a subject lacks fails here, not hours later in one job of many.
-    for s in &subjects {
-        let subject = ds.subject(s).map_err(crate::Error::from)?;
-        for &h in &cfg.hemispheres {
-            let atlas = subject.rois(h).map_err(crate::Error::from)?;
-            for roi in &cfg.rois {
-                atlas.select(roi, s).map_err(crate::Error::from)?;
-            }
-        }
-    }
-    let fit_words = extra_flags("fit", &cfg.fit_flags)?;
-    let finetune_words = extra_flags("finetune", &cfg.finetune_flags)?;
-    let shared = |s: &str| -> Vec<String> {
-        let mut w = vec![
-            format!("--data={}", data_dir.display()),
-            format!("--backbone={}", cfg.arch.name()),
-            format!("--input-size={}", cfg.input_size),
-            format!("--heldout={}", cfg.heldout_fraction),
-            format!("--split-seed={}", cfg.split_seed),
-            format!("--subjects={s}"),
-        ];
-        if let Some(wt) = &cfg.weights {
-            w.push(format!("--weights={}", wt.display()));
-        }
-        w
+    let planner = Planner {
+        cfg,
+        fit_words: extra_flags("fit", &cfg.fit_flags)?,
+        finetune_words: extra_flags("finetune", &cfg.finetune_flags)?,
+        fingerprints: fingerprint_all(cfg, &ds, &subjects)?,
+        data_dir,
+        runs,
     };
-
-    let bar = indicatif::ProgressBar::new((subjects.len() * cfg.hemispheres.len()) as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "fingerprinting {pos}/{len} fMRI files {wide_bar} eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    let mut fingerprints = BTreeMap::new();
-    for s in &subjects {
-        let subject = ds.subject(s).map_err(crate::Error::from)?;
-        for &h in &cfg.hemispheres {
-            let fp = crate::export::dataset_fingerprint(&subject, h).map_err(crate::Error::from)?;
-            fingerprints.insert((s.clone(), h), fp);
-            bar.inc(1);
-        }
-    }
-    bar.finish_and_clear();
-
     let mut jobs = Vec::new();
-    let mut push = |mut job: Job| {
-        job.index = jobs.len();
-        job.log = logs.join(format!("job-{}.log", job.index));
-        jobs.push(job);
-    };
     for s in &subjects {
         let subject = ds.subject(s).map_err(crate::Error::from)?;
         for &method in &cfg.methods {
             if method == Method::Untuned {
-                let id = folder_name(&[s, "untuned"]);
-                let mut words = shared(s);
-                words.push(format!(
-                    "--hemispheres={}",
-                    cfg.hemispheres
-                        .iter()
-                        .map(|h| h.prefix())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ));
-                if !cfg.rois.is_empty() {
-                    words.push(format!("--rois={}", cfg.rois.join(",")));
-                }
-                words.push("--method=untuned".into());
-                words.extend(fit_words.iter().cloned());
-                let fit: FitConfig = parse("fit", words)?;
-                push(Job {
-                    index: 0,
-                    folder: runs.join(&id),
-                    id,
-                    method,
-                    subject: s.clone(),
-                    hemispheres: cfg.hemispheres.clone(),
-                    rois: cfg.rois.clone(),
-                    dataset_fingerprint: cfg
-                        .hemispheres
-                        .iter()
-                        .map(|&h| (h, fingerprints[&(s.clone(), h)].clone()))
-                        .collect(),
-                    log: PathBuf::new(),
-                    finetune: None,
-                    fit: fit.resolved().map_err(crate::Error::from)?,
-                });
+                jobs.push(planner.untuned(s)?);
                 continue;
             }
-            let objective = match method {
-                Method::Regression => Objective::Regression,
-                _ => Objective::Cl,
-            };
             for &h in &cfg.hemispheres {
                 let rois = if cfg.rois.is_empty() {
                     all_rois(&subject.rois(h).map_err(crate::Error::from)?)
                 } else {
                     cfg.rois.clone()
                 };
-                for roi in rois {
-                    let id = folder_name(&[s, h.prefix(), &roi, objective.name()]);
-                    let folder = runs.join(&id);
-                    let mut words = shared(s);
-                    words.extend([
-                        format!("--hemisphere={}", h.prefix()),
-                        format!("--roi={roi}"),
-                        format!("--method={}", objective.name()),
-                    ]);
-                    words.extend(finetune_words.iter().cloned());
-                    let ft: FinetuneConfig = parse("finetune", words)?;
-                    let ft = ft.resolved().map_err(crate::Error::from)?;
-                    ft.validate().map_err(crate::Error::from)?;
-                    let mut words = shared(s);
-                    words.retain(|w| !w.starts_with("--weights="));
-                    words.extend([
-                        format!("--hemispheres={}", h.prefix()),
-                        format!("--rois={roi}"),
-                        format!("--method={}", method.name()),
-                        format!(
-                            "--weights={}",
-                            folder.join("finetune/backbone.safetensors").display()
-                        ),
-                    ]);
-                    words.extend(fit_words.iter().cloned());
-                    let fit: FitConfig = parse("fit", words)?;
-                    push(Job {
-                        index: 0,
-                        id,
-                        method,
-                        subject: s.clone(),
-                        hemispheres: vec![h],
-                        rois: vec![roi],
-                        dataset_fingerprint: BTreeMap::from([(
-                            h,
-                            fingerprints[&(s.clone(), h)].clone(),
-                        )]),
-                        folder,
-                        log: PathBuf::new(),
-                        finetune: Some(ft),
-                        fit: fit.resolved().map_err(crate::Error::from)?,
-                    });
+                for roi in &rois {
+                    jobs.push(planner.tuned(s, h, roi, method)?);
                 }
             }
         }
@@ -494,6 +530,13 @@ pub fn plan(cfg: &PlanConfig) -> Result<Plan, PlanError> {
             "two jobs would share the folder {}: an ROI or subject is listed twice",
             w[0]
         )));
+    }
+    let Planner { data_dir, runs, .. } = planner;
+    let logs = runs.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| PlanError::file(&logs, e))?;
+    for (i, job) in jobs.iter_mut().enumerate() {
+        job.index = i;
+        job.log = logs.join(format!("job-{i}.log"));
     }
     Ok(Plan {
         version: PLAN_VERSION,
