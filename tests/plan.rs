@@ -7,11 +7,9 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
+use std::time::{Duration, Instant};
+use vcl_tests::{output_text as text, plan_status as status};
 
 fn run(plan: &Path, env: (&str, &str)) -> Output {
     Command::new(vcl_tests::vcl_bin())
@@ -24,12 +22,6 @@ fn run(plan: &Path, env: (&str, &str)) -> Output {
         .expect("vcl runs")
 }
 
-fn status(plan: &Path) -> Vec<serde_json::Value> {
-    let out = vcl_tests::vcl(&["status", "--json", "--plan", plan.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn state_of(plan: &Path, index: usize) -> String {
     status(plan)[index]["state"].as_str().unwrap().to_string()
 }
@@ -37,15 +29,7 @@ fn state_of(plan: &Path, index: usize) -> String {
 fn wait_for_checkpoint(finetune: &Path, child: &mut std::process::Child) {
     let t = Instant::now();
     loop {
-        let n = std::fs::read_dir(finetune.join("checkpoints"))
-            .map(|d| {
-                d.filter(|e| {
-                    e.as_ref()
-                        .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-                })
-                .count()
-            })
-            .unwrap_or(0);
+        let n = vcl_tests::checkpoints(finetune);
         if n > 0 {
             return;
         }
@@ -172,23 +156,7 @@ fn jobs_run_by_index_resume_after_sigkill_and_merge() {
     }
     assert!(status(&plan).iter().all(|s| s["state"] == "done"));
 
-    let cmp = runs.path().join("compare");
-    let out = vcl_tests::vcl(&[
-        "compare",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--out",
-        cmp.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cmp.join("comparison.json")).unwrap())
-            .unwrap();
-    assert_eq!(c["methods"], serde_json::json!(["untuned", "cl"]));
-    assert_eq!(
-        c["rois"][0]["subjects"],
-        serde_json::json!(["subj01", "subj02"])
-    );
+    let c = vcl_tests::compare_tiny_study(&plan, &runs.path().join("compare"));
     assert_eq!(c["runs"].as_array().unwrap().len(), 4);
     let out = vcl_tests::vcl(&["report", runs.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
@@ -214,8 +182,8 @@ fn bad_plans_indices_and_changed_data_are_refused_by_name() {
     assert!(plan_with(&["--methods", "pooled"]).contains("--methods pooled"));
     assert!(plan_with(&["--finetune", "--data /elsewhere"]).contains("--data is set by the plan"));
     assert!(plan_with(&["--finetune", "--epochs many"]).contains("--epochs"));
-    assert!(plan_with(&["--rois", "V9"]).contains("V9"));
-    assert!(plan_with(&["--subjects", "7"]).contains('7'));
+    assert!(plan_with(&["--rois", "V9"]).contains("'V9'"));
+    assert!(plan_with(&["--subjects", "7"]).contains("unknown subject '7'"));
     assert!(plan_with(&["--rois", "V1v,V1v", "--methods", "cl"]).contains("share the folder"));
     assert!(plan_with(&["--sbatch", "s.sh", "--mem", "lots"]).contains("--mem"));
 

@@ -6,12 +6,10 @@
 //! Skipped, with the script's reason printed, only where Slurm cannot start.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-fn text(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
+use std::time::{Duration, Instant};
+use vcl_tests::{output_text as text, plan_status as status};
 
 /// A running cluster; stopped (by the PIDs the script recorded) when dropped.
 struct Cluster {
@@ -86,24 +84,6 @@ impl Drop for Cluster {
     }
 }
 
-fn status(plan: &Path) -> Vec<serde_json::Value> {
-    let out = vcl_tests::vcl(&["status", "--json", "--plan", plan.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn checkpoints(finetune: &Path) -> usize {
-    std::fs::read_dir(finetune.join("checkpoints"))
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
-            })
-            .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_study_runs_as_a_slurm_array_and_a_cancelled_job_resumes() {
     let t0 = Instant::now();
@@ -144,7 +124,7 @@ fn a_study_runs_as_a_slurm_array_and_a_cancelled_job_resumes() {
     let array = cluster.sbatch(&[script.to_str().unwrap()]);
     let job1 = runs.path().join("subj01-lh-V1v+V1d-cl");
     let t = Instant::now();
-    while checkpoints(&job1.join("finetune")) == 0 {
+    while vcl_tests::checkpoints(&job1.join("finetune")) == 0 {
         assert!(
             t.elapsed() < Duration::from_secs(300),
             "job 1 wrote no checkpoint in 300 s; its log:\n{}",
@@ -220,23 +200,7 @@ fn a_study_runs_as_a_slurm_array_and_a_cancelled_job_resumes() {
         before
     );
 
-    let cmp = runs.path().join("compare");
-    let out = vcl_tests::vcl(&[
-        "compare",
-        "--plan",
-        plan.to_str().unwrap(),
-        "--out",
-        cmp.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cmp.join("comparison.json")).unwrap())
-            .unwrap();
-    assert_eq!(c["methods"], serde_json::json!(["untuned", "cl"]));
-    assert_eq!(
-        c["rois"][0]["subjects"],
-        serde_json::json!(["subj01", "subj02"])
-    );
+    vcl_tests::compare_tiny_study(&plan, &runs.path().join("compare"));
     eprintln!(
         "slurm: array of 4 (one cancelled) {array_s:.1} s, resumed job {resume_s:.1} s (from \
          epoch {resumed}), no-op array {noop_s:.1} s, whole test {:.1} s",

@@ -158,3 +158,49 @@ pub fn plan_tiny_study(data: &Path, runs: &Path, extra: &[&str]) -> PathBuf {
     );
     plan
 }
+
+/// A command's stdout and stderr, for assertions and their messages.
+pub fn output_text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// `vcl status --json --plan PLAN`: one object per job, in plan order.
+pub fn plan_status(plan: &Path) -> Vec<serde_json::Value> {
+    let out = vcl(&["status", "--json", "--plan", &plan.to_string_lossy()]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    serde_json::from_slice(&out.stdout).expect("vcl status --json prints JSON")
+}
+
+/// Checkpoint files a fine-tuning run folder holds so far.
+pub fn checkpoints(finetune: &Path) -> usize {
+    std::fs::read_dir(finetune.join("checkpoints"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// `vcl compare --plan PLAN --out OUT`, then the tiny study's merge checked: both
+/// subjects under untuned and cl. Returns comparison.json.
+pub fn compare_tiny_study(plan: &Path, out: &Path) -> serde_json::Value {
+    let done = vcl(&[
+        "compare",
+        "--plan",
+        &plan.to_string_lossy(),
+        "--out",
+        &out.to_string_lossy(),
+    ]);
+    assert!(done.status.success(), "{}", output_text(&done));
+    let text = std::fs::read_to_string(out.join("comparison.json")).expect("comparison.json");
+    let c: serde_json::Value = serde_json::from_str(&text).expect("comparison.json is JSON");
+    assert_eq!(c["methods"], serde_json::json!(["untuned", "cl"]));
+    assert_eq!(
+        c["rois"][0]["subjects"],
+        serde_json::json!(["subj01", "subj02"])
+    );
+    c
+}

@@ -32,7 +32,7 @@ use crate::model::encoding::fit::all_rois;
 use crate::model::encoding::FitConfig;
 use crate::model::finetune::{FinetuneConfig, Objective};
 use vcl_contract::manifest::Method;
-use vcl_dataset::algonauts::{Dataset, Hemisphere};
+use vcl_dataset::algonauts::{Dataset, Hemisphere, Subject};
 
 pub use job::{run_job, JobEnv, Outcome, RunConfig};
 pub use scheduler::Resources;
@@ -443,30 +443,40 @@ fn check_axes(cfg: &PlanConfig) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// The export manifest's fingerprint of every (subject, hemisphere) of the study, and
-/// the check that each subject has every ROI asked for: a missing ROI fails here, not
-/// hours later in one job of many.
-fn fingerprint_all(
-    cfg: &PlanConfig,
-    ds: &Dataset,
-    subjects: &[String],
-) -> Result<BTreeMap<(String, Hemisphere), String>, PlanError> {
+/// What the study reads of each (subject, hemisphere): its fingerprint and the ROIs its
+/// tuned jobs train on (the ones asked for, each checked to exist, or every non-empty
+/// one). A missing ROI fails here, not hours later in one job of many.
+#[derive(Default)]
+struct Survey {
+    fingerprints: BTreeMap<(String, Hemisphere), String>,
+    rois: BTreeMap<(String, Hemisphere), Vec<String>>,
+}
+
+fn survey(cfg: &PlanConfig, subjects: &[Subject]) -> Result<Survey, PlanError> {
     let bar = indicatif::ProgressBar::new((subjects.len() * cfg.hemispheres.len()) as u64);
     if let Ok(style) = indicatif::ProgressStyle::with_template(
         "fingerprinting {pos}/{len} fMRI files {wide_bar} eta {eta}",
     ) {
         bar.set_style(style);
     }
-    let mut out = BTreeMap::new();
-    for s in subjects {
-        let subject = ds.subject(s).map_err(crate::Error::from)?;
+    let mut out = Survey::default();
+    for subject in subjects {
         for &h in &cfg.hemispheres {
+            let key = (subject.name.clone(), h);
             let atlas = subject.rois(h).map_err(crate::Error::from)?;
             for roi in &cfg.rois {
-                atlas.select(roi, s).map_err(crate::Error::from)?;
+                atlas
+                    .select(roi, &subject.name)
+                    .map_err(crate::Error::from)?;
             }
-            let fp = crate::export::dataset_fingerprint(&subject, h).map_err(crate::Error::from)?;
-            out.insert((s.clone(), h), fp);
+            let rois = if cfg.rois.is_empty() {
+                all_rois(&atlas)
+            } else {
+                cfg.rois.clone()
+            };
+            out.rois.insert(key.clone(), rois);
+            let fp = crate::export::dataset_fingerprint(subject, h).map_err(crate::Error::from)?;
+            out.fingerprints.insert(key, fp);
             bar.inc(1);
         }
     }
@@ -486,38 +496,35 @@ pub fn plan(cfg: &PlanConfig) -> Result<Plan, PlanError> {
         .or_else(|_| std::path::absolute(&cfg.runs))
         .map_err(|e| PlanError::file(&cfg.runs, e))?;
     let ds = Dataset::open(&data_dir).map_err(crate::Error::from)?;
-    let subjects: Vec<String> = if cfg.subjects.is_empty() {
+    let names = if cfg.subjects.is_empty() {
         ds.subjects.clone()
     } else {
-        cfg.subjects
-            .iter()
-            .map(|s| ds.subject(s).map(|s| s.name))
-            .collect::<Result<_, _>>()
-            .map_err(crate::Error::from)?
+        cfg.subjects.clone()
     };
+    let subjects: Vec<Subject> = names
+        .iter()
+        .map(|s| ds.subject(s))
+        .collect::<Result<_, _>>()
+        .map_err(crate::Error::from)?;
+    let Survey { fingerprints, rois } = survey(cfg, &subjects)?;
     let planner = Planner {
         cfg,
         fit_words: extra_flags("fit", &cfg.fit_flags)?,
         finetune_words: extra_flags("finetune", &cfg.finetune_flags)?,
-        fingerprints: fingerprint_all(cfg, &ds, &subjects)?,
+        fingerprints,
         data_dir,
         runs,
     };
     let mut jobs = Vec::new();
-    for s in &subjects {
-        let subject = ds.subject(s).map_err(crate::Error::from)?;
+    for subject in &subjects {
+        let s = &subject.name;
         for &method in &cfg.methods {
             if method == Method::Untuned {
                 jobs.push(planner.untuned(s)?);
                 continue;
             }
             for &h in &cfg.hemispheres {
-                let rois = if cfg.rois.is_empty() {
-                    all_rois(&subject.rois(h).map_err(crate::Error::from)?)
-                } else {
-                    cfg.rois.clone()
-                };
-                for roi in &rois {
+                for roi in &rois[&(s.clone(), h)] {
                     jobs.push(planner.tuned(s, h, roi, method)?);
                 }
             }

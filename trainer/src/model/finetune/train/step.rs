@@ -188,19 +188,14 @@ impl Trainer<'_> {
         if micro >= b {
             self.seed_pass(step, 0);
             let (backbone, heads) = (&self.backbone, &self.heads);
-            let mut loss = tch::autocast(mixed, || {
+            let loss = tch::autocast(mixed, || {
                 let features = image_features(backbone, x, tap, train)?.to_kind(Kind::Float);
                 Ok::<_, FinetuneError>(heads.loss(&features, si, y, true))
             })?;
-            if poison {
-                loss *= f64::NAN;
+            let value = backward(loss, poison, scale);
+            if value.is_finite() {
+                self.apply_update();
             }
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Ok(value);
-            }
-            (loss * scale).backward();
-            self.apply_update();
             return Ok(value);
         }
 
@@ -227,15 +222,11 @@ impl Trainer<'_> {
         restore_buffers(&buffers);
         let leaf = Tensor::cat(&features?, 0).detach().set_requires_grad(true);
         let heads = &self.heads;
-        let mut loss = tch::autocast(mixed, || heads.loss(&leaf, si, y, true));
-        if poison {
-            loss *= f64::NAN;
-        }
-        let value = loss.double_value(&[]);
+        let loss = tch::autocast(mixed, || heads.loss(&leaf, si, y, true));
+        let value = backward(loss, poison, scale);
         if !value.is_finite() {
             return Ok(value);
         }
-        (loss * scale).backward();
         let d_features = leaf.grad();
         for (ci, &(start, len)) in chunks.iter().enumerate() {
             // A frozen backbone (or one frozen up to the tap) has nothing to receive
@@ -297,4 +288,18 @@ impl Trainer<'_> {
             }
         }
     }
+}
+
+/// The loss's value, after back-propagating `loss * scale` when it is finite (a
+/// non-finite loss is reported to the caller, never propagated). `poison` makes it NaN:
+/// the tests' way to hit that path.
+fn backward(mut loss: Tensor, poison: bool, scale: f64) -> f64 {
+    if poison {
+        loss *= f64::NAN;
+    }
+    let value = loss.double_value(&[]);
+    if value.is_finite() {
+        (loss * scale).backward();
+    }
+    value
 }
