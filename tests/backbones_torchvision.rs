@@ -66,11 +66,7 @@ fn photos(dir: &Path, size: u32) -> (PixelCache, PathBuf) {
     });
     let x_path = dir.join(format!("photos-{size}.npy"));
     npy::write(&x_path, &x).unwrap();
-    let cache = PixelCache {
-        size,
-        pixels,
-        path: dir.join(format!("pixels-photos-{size}.npy")),
-    };
+    let cache = PixelCache::write(&dir.join(format!("pixels-photos-{size}.npy")), &pixels).unwrap();
     (cache, x_path)
 }
 
@@ -152,7 +148,7 @@ fn compare_taps(backbone: &Backbone, pixels: &PixelCache, out: &Path, rel_tol: f
     let ours = extract(backbone, pixels, &rows, arch.taps(), &opts).unwrap();
     for tap in arch.taps() {
         let theirs = npy::read_f32_2d(&out.join(format!("{tap}.npy"))).unwrap();
-        let (d, m) = max_diff(&ours.get(tap).unwrap().features, &theirs);
+        let (d, m) = max_diff(&ours.get(tap).unwrap().array().unwrap(), &theirs);
         eprintln!("{arch} {tap}: max |diff| {d:.3e}, max |value| {m:.3e}");
         assert!(
             d <= rel_tol * m.max(1.0),
@@ -220,7 +216,7 @@ fn imagenet_mobilenet_v2_matches_torchvision_on_photos() {
         &ExtractOptions::default(),
     )
     .unwrap();
-    let logits = &ours.taps[0].features;
+    let logits = &ours.taps[0].array().unwrap();
     let (d, _) = max_diff(logits, &theirs);
     assert!(d <= 1e-3, "logits differ by {d}");
 

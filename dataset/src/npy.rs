@@ -126,6 +126,130 @@ where
     w.flush().map_err(|e| DataError::io(path, e))
 }
 
+/// Where a C-order .npy's data starts and what it holds: arrays too large to read whole
+/// (pixel and feature caches at NSD size) are read and written in row blocks instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub descr: String,
+    pub shape: Vec<usize>,
+    pub data_offset: u64,
+}
+
+impl Layout {
+    /// Bytes of one row (the product of every axis but the first), in items.
+    pub fn row_items(&self) -> usize {
+        self.shape.iter().skip(1).product()
+    }
+}
+
+/// The layout of `path`, from its header alone; Fortran-order files are refused
+/// because rows of them are not contiguous.
+pub fn layout(path: &Path) -> Result<Layout> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    File::open(path)
+        .map_err(|e| DataError::io(path, e))?
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .map_err(|e| DataError::io(path, e))?;
+    let npy = vcl_contract::npy::Npy::parse(&head).map_err(|e| npy_err(path, e))?;
+    if !npy
+        .field("fortran_order")
+        .is_some_and(|f| f.starts_with("False"))
+    {
+        return Err(npy_err(
+            path,
+            "expected a C-order array (fortran_order False)",
+        ));
+    }
+    let descr = npy
+        .descr()
+        .ok_or_else(|| npy_err(path, "no descr in the .npy header"))?
+        .to_string();
+    let shape = npy.shape().map_err(|e| npy_err(path, e))?;
+    Ok(Layout {
+        descr,
+        shape,
+        data_offset: (head.len() - npy.body.len()) as u64,
+    })
+}
+
+/// A version 1.0 header for a C-order array, padded so the data starts 64-aligned as
+/// numpy writes it.
+pub fn header(descr: &str, shape: &[usize]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let tuple = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple}, }}");
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((dict.len() as u16).to_le_bytes());
+    out.extend(dict.as_bytes());
+    out
+}
+
+/// Writes a .npy of a known shape row block by row block, so that the array is never
+/// whole in memory; `finish` refuses a file that got fewer or more bytes than its
+/// header promised.
+pub struct NpyWriter {
+    out: BufWriter<File>,
+    path: std::path::PathBuf,
+    remaining: u64,
+}
+
+impl NpyWriter {
+    /// `item_bytes` is the size of one element of `descr` (4 for `<f4`, 1 for `|u1`).
+    pub fn create(path: &Path, descr: &str, shape: &[usize], item_bytes: usize) -> Result<Self> {
+        let file = File::create(path).map_err(|e| DataError::io(path, e))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        out.write_all(&header(descr, shape))
+            .map_err(|e| DataError::io(path, e))?;
+        Ok(NpyWriter {
+            out,
+            path: path.to_path_buf(),
+            remaining: (shape.iter().product::<usize>() * item_bytes) as u64,
+        })
+    }
+
+    /// Appends float32 items, little-endian.
+    pub fn write_f32(&mut self, items: &[f32]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(items.len() * 4);
+        for v in items {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        self.write_bytes(&bytes)
+    }
+
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let len = bytes.len() as u64;
+        if len > self.remaining {
+            return Err(npy_err(
+                &self.path,
+                format!("{len} more bytes than the header's shape holds"),
+            ));
+        }
+        self.out
+            .write_all(bytes)
+            .map_err(|e| DataError::io(&self.path, e))?;
+        self.remaining -= len;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        if self.remaining != 0 {
+            return Err(npy_err(
+                &self.path,
+                format!("{} bytes short of the header's shape", self.remaining),
+            ));
+        }
+        self.out.flush().map_err(|e| DataError::io(&self.path, e))
+    }
+}
+
 /// Reads `mapping_<family>.npy`: `numpy.load(path, allow_pickle=True).item()` in Python.
 pub fn read_mapping(path: &Path) -> Result<BTreeMap<i64, String>> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
@@ -228,6 +352,33 @@ pub fn write_mapping(path: &Path, mapping: &BTreeMap<i64, String>) -> Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_npy_reads_back_with_its_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.npy");
+        let mut w = NpyWriter::create(&path, "<f4", &[3, 2], 4).unwrap();
+        w.write_f32(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        w.write_f32(&[5.0, 6.0]).unwrap();
+        assert!(w.write_f32(&[7.0]).is_err(), "more than the shape holds");
+        w.finish().unwrap();
+        let a = read_f32_2d(&path).unwrap();
+        assert_eq!(a, ndarray::array![[1.0f32, 2.0], [3.0, 4.0], [5.0, 6.0]]);
+        let l = layout(&path).unwrap();
+        assert_eq!((l.descr.as_str(), l.shape.clone()), ("<f4", vec![3, 2]));
+        assert_eq!(l.data_offset % 64, 0);
+        assert_eq!(l.row_items(), 2);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), l.data_offset + 24);
+
+        let short = dir.path().join("short.npy");
+        let mut w = NpyWriter::create(&short, "|u1", &[4], 1).unwrap();
+        w.write_bytes(&[1, 2]).unwrap();
+        let e = w.finish().unwrap_err().to_string();
+        assert!(
+            e.contains("short.npy") && e.contains("2 bytes short"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn mapping_round_trips() {

@@ -24,5 +24,6 @@ pub mod model;
 pub mod plan;
 pub mod provenance;
 pub mod report;
+pub mod stages;
 
 pub use error::{Error, Result};

@@ -116,7 +116,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> crate::Result<Vec<
                 .map(|rows| {
                     image_features(
                         &backbone,
-                        &px.batch(rows, device),
+                        &px.batch(rows, device)?,
                         cfg.image_tap.as_deref(),
                         false,
                     )

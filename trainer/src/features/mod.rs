@@ -11,17 +11,19 @@
 //!
 //! Results are cached on disk, one .npy (plus a .json describing it) per tap, keyed by
 //! the backbone's weights hash, the tap, the pooling knob, the pixel cache (which
-//! names the dataset, image list and input size) and the rows.
+//! names the dataset, image list and input size) and the rows. With a cache, each
+//! batch's rows go straight to their tap's file and a caller loads one tap at a time
+//! ([`TapFeatures::tensor`]): at NSD size ten MobileNetV2 taps are 5 GB, one is 0.5 GB.
 
 pub mod backbones;
 pub mod images;
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::Array2;
-use ndarray_npy::ReadNpyExt;
 use sha2::{Digest, Sha256};
 use tch::{Kind, Tensor};
 
@@ -96,15 +98,100 @@ pub struct TapInfo {
     pub pixels: PathBuf,
 }
 
+/// Where a tap's matrix is.
+#[derive(Clone, Debug)]
+pub enum FeatureData {
+    /// Extracted without a cache directory.
+    Memory(Array2<f32>),
+    /// The cache file (float32 .npy, [N, D]).
+    File(PathBuf),
+}
+
 /// One tap's features, float32 [N, D], row i for `rows[i]`.
 #[derive(Clone, Debug)]
 pub struct TapFeatures {
     pub info: TapInfo,
-    pub features: Array2<f32>,
+    pub data: FeatureData,
     /// Read from the cache rather than computed.
     pub from_cache: bool,
+}
+
+impl TapFeatures {
     /// The cache file, if a cache directory was given.
-    pub cache_path: Option<PathBuf>,
+    pub fn cache_path(&self) -> Option<&Path> {
+        match &self.data {
+            FeatureData::File(p) => Some(p),
+            FeatureData::Memory(_) => None,
+        }
+    }
+
+    /// The matrix as a float32 CPU tensor [N, D], read from its file in blocks of
+    /// rows, so that only the tensor itself is ever whole in memory.
+    pub fn tensor(&self) -> Result<Tensor, BackboneError> {
+        let (n, d) = (self.info.images, self.info.dim);
+        let path = match &self.data {
+            FeatureData::Memory(a) => {
+                let flat = a.as_standard_layout();
+                let slice = flat.as_slice().ok_or_else(|| {
+                    BackboneError::Invalid("feature matrix is not contiguous".into())
+                })?;
+                return Ok(Tensor::from_slice(slice).view([n as i64, d as i64]));
+            }
+            FeatureData::File(p) => p,
+        };
+        let cache_err = |reason: String| BackboneError::FeatureCache {
+            path: path.clone(),
+            reason,
+        };
+        let layout = check_layout(path, n, d).map_err(cache_err)?;
+        let file = std::fs::File::open(path).map_err(|e| cache_err(e.to_string()))?;
+        let out = Tensor::empty([n as i64, d as i64], (Kind::Float, tch::Device::Cpu));
+        let block_rows = ((8 << 20) / (4 * d).max(1)).clamp(1, n.max(1));
+        let mut bytes = vec![0u8; block_rows * d * 4];
+        for r0 in (0..n).step_by(block_rows) {
+            let m = block_rows.min(n - r0);
+            let buf = &mut bytes[..m * d * 4];
+            file.read_exact_at(buf, layout.data_offset + (r0 * d * 4) as u64)
+                .map_err(|e| cache_err(e.to_string()))?;
+            let block = Tensor::f_from_data_size(buf, &[m as i64, d as i64], Kind::Float)
+                .map_err(|e| cache_err(e.to_string()))?;
+            out.narrow(0, r0 as i64, m as i64).copy_(&block);
+        }
+        Ok(out)
+    }
+
+    /// The matrix as an array (tests and tools; the pipeline uses [`Self::tensor`]).
+    pub fn array(&self) -> Result<Array2<f32>, BackboneError> {
+        match &self.data {
+            FeatureData::Memory(a) => Ok(a.clone()),
+            FeatureData::File(_) => {
+                let t = self.tensor()?;
+                let v: Vec<f32> = Vec::try_from(t.flatten(0, -1)).map_err(|e| {
+                    BackboneError::Invalid(format!("features of {}: {e}", self.info.tap))
+                })?;
+                Array2::from_shape_vec((self.info.images, self.info.dim), v).map_err(|e| {
+                    BackboneError::Invalid(format!("features of {}: {e}", self.info.tap))
+                })
+            }
+        }
+    }
+}
+
+/// The layout of a cached feature file, if it is a whole float32 [n, d] matrix.
+fn check_layout(path: &Path, n: usize, d: usize) -> Result<vcl_dataset::npy::Layout, String> {
+    let layout = vcl_dataset::npy::layout(path).map_err(|e| e.to_string())?;
+    if layout.descr != "<f4" || layout.shape != [n, d] {
+        return Err(format!(
+            "holds {} {:?}, expected <f4 [{n}, {d}]",
+            layout.descr, layout.shape
+        ));
+    }
+    let have = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let want = layout.data_offset + (n * d * 4) as u64;
+    if have != want {
+        return Err(format!("{have} bytes where the header needs {want}"));
+    }
+    Ok(layout)
 }
 
 /// All requested taps, in the order asked.
@@ -173,33 +260,36 @@ pub fn extract(
 
     let mut images_run = 0;
     if !todo.is_empty() {
-        let computed = run(backbone, pixels, rows, &todo, opts)?;
+        let outputs: Vec<Output> = todo
+            .iter()
+            .map(|&tap| Output {
+                tap,
+                file: opts
+                    .cache_dir
+                    .as_deref()
+                    .map(|dir| key.path(dir, backbone, tap)),
+            })
+            .collect();
+        let computed = run(backbone, pixels, rows, &outputs, opts)?;
         images_run = rows.len();
-        for (tap, (map_shape, pooling, features)) in todo.iter().zip(computed) {
+        for (tap, c) in todo.iter().zip(computed) {
             let info = TapInfo {
                 tap: tap.to_string(),
-                map_shape,
-                pooling,
-                dim: features.ncols(),
-                images: features.nrows(),
+                map_shape: c.map_shape,
+                pooling: c.pooling,
+                dim: c.dim,
+                images: rows.len(),
                 weights_hash: weights_hash.clone(),
                 pixels: pixels.path.clone(),
             };
-            let cache_path = match opts.cache_dir.as_deref() {
-                Some(dir) => {
-                    let path = key.path(dir, backbone, tap);
-                    write_cached(&path, &info, &features)?;
-                    Some(path)
-                }
-                None => None,
-            };
-            let slot = unique.iter().position(|u| u == tap);
-            if let Some(slot) = slot {
+            if let FeatureData::File(path) = &c.data {
+                write_sidecar(path, &info)?;
+            }
+            if let Some(slot) = unique.iter().position(|u| u == tap) {
                 done[slot] = Some(TapFeatures {
                     info,
-                    features,
+                    data: c.data,
                     from_cache: false,
-                    cache_path,
                 });
             }
         }
@@ -208,16 +298,41 @@ pub fn extract(
     Ok(Extraction { taps, images_run })
 }
 
-/// (per-image map shape, pooling, features) for each tap of `taps`.
-type Computed = (Vec<i64>, Pooling, Array2<f32>);
+/// One tap's extraction result.
+struct Computed {
+    map_shape: Vec<i64>,
+    pooling: Pooling,
+    dim: usize,
+    data: FeatureData,
+}
 
+/// Where one tap's rows go while the network runs.
+enum Sink {
+    Memory(Vec<f32>),
+    /// The temporary file, renamed to `path` once whole.
+    File {
+        writer: vcl_dataset::npy::NpyWriter,
+        tmp: PathBuf,
+        path: PathBuf,
+    },
+}
+
+/// A tap to extract, and the cache file its rows go to (None: kept in memory).
+struct Output<'a> {
+    tap: &'a str,
+    file: Option<PathBuf>,
+}
+
+/// Runs the network over `rows` once for all `outputs`, each batch written to its
+/// tap's file as it comes.
 fn run(
     backbone: &Backbone,
     pixels: &PixelCache,
     rows: &[usize],
-    taps: &[&str],
+    outputs: &[Output],
     opts: &ExtractOptions,
 ) -> Result<Vec<Computed>, BackboneError> {
+    let taps: Vec<&str> = outputs.iter().map(|o| o.tap).collect();
     let (batch_size, max_dim) = (opts.batch_size.max(1), opts.max_dim);
     let device = backbone.device();
     let n = rows.len();
@@ -236,26 +351,35 @@ fn run(
     bar.set_prefix(format!("{} features", backbone.arch()));
     let start = Instant::now();
 
-    let mut shapes: Vec<Option<(Vec<i64>, Pooling)>> = vec![None; taps.len()];
-    let mut bufs: Vec<Vec<f32>> = vec![Vec::new(); taps.len()];
+    let mut shapes: Vec<Option<(Vec<i64>, Pooling, usize)>> = vec![None; taps.len()];
+    let mut sinks: Vec<Option<Sink>> = (0..taps.len()).map(|_| None).collect();
+    let mut block: Vec<f32> = Vec::new();
     for chunk in rows.chunks(batch_size) {
-        let x = pixels.batch(chunk, device);
-        let outs = tch::no_grad(|| backbone.taps(&x, taps, false))?;
+        let x = pixels.batch(chunk, device)?;
+        let outs = tch::no_grad(|| backbone.taps(&x, &taps, false))?;
         for (i, out) in outs.into_iter().enumerate() {
-            let (_, pooling) = shapes[i].get_or_insert_with(|| {
-                let map_shape = out.size()[1..].to_vec();
+            let map_shape = out.size()[1..].to_vec();
+            let (_, pooling, _) = shapes[i].get_or_insert_with(|| {
                 let pooling = pooling_for(&map_shape, max_dim);
-                (map_shape, pooling)
+                (map_shape, pooling, 0)
             });
             let flat = flatten(&out, *pooling)?;
             let numel = flat.numel();
-            if bufs[i].capacity() == 0 {
-                bufs[i].reserve_exact(numel / chunk.len() * n);
+            let dim = numel / chunk.len();
+            if let Some(s) = shapes[i].as_mut() {
+                s.2 = dim;
             }
-            let old = bufs[i].len();
-            bufs[i].resize(old + numel, 0.0);
-            flat.f_copy_data(&mut bufs[i][old..], numel)
+            block.resize(numel, 0.0);
+            flat.f_copy_data(&mut block, numel)
                 .map_err(|e| BackboneError::Invalid(format!("copying {}: {e}", taps[i])))?;
+            let sink = match &mut sinks[i] {
+                Some(sink) => sink,
+                empty => empty.insert(open_sink(outputs[i].file.as_ref(), n, dim)?),
+            };
+            match sink {
+                Sink::Memory(buf) => buf.extend_from_slice(&block),
+                Sink::File { writer, .. } => writer.write_f32(&block)?,
+            }
         }
         bar.inc(chunk.len() as u64);
     }
@@ -269,19 +393,58 @@ fn run(
     );
 
     taps.iter()
-        .zip(shapes.into_iter().zip(bufs))
-        .map(|(tap, (shape, buf))| {
-            let (map_shape, pooling) = shape
-                .ok_or_else(|| BackboneError::Invalid(format!("tap {tap} produced nothing")))?;
-            let dim = buf.len() / n;
-            let features = Array2::from_shape_vec((n, dim), buf)
-                .map_err(|e| BackboneError::Invalid(format!("features of {tap}: {e}")))?;
+        .zip(shapes.into_iter().zip(sinks))
+        .map(|(tap, (shape, sink))| {
+            let (Some((map_shape, pooling, dim)), Some(sink)) = (shape, sink) else {
+                return Err(BackboneError::Invalid(format!(
+                    "tap {tap} produced nothing"
+                )));
+            };
             if let Pooling::AdaptiveAvg { grid } = pooling {
                 tracing::info!(tap, ?map_shape, grid, dim, "pooled conv tap to fit max_dim");
             }
-            Ok((map_shape, pooling, features))
+            let data = match sink {
+                Sink::Memory(buf) => FeatureData::Memory(
+                    Array2::from_shape_vec((n, dim), buf)
+                        .map_err(|e| BackboneError::Invalid(format!("features of {tap}: {e}")))?,
+                ),
+                Sink::File { writer, tmp, path } => {
+                    // A batch of another width would have overrun or underrun the file.
+                    writer.finish()?;
+                    std::fs::rename(&tmp, &path).map_err(|e| BackboneError::FeatureCache {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    FeatureData::File(path)
+                }
+            };
+            Ok(Computed {
+                map_shape,
+                pooling,
+                dim,
+                data,
+            })
         })
         .collect()
+}
+
+fn open_sink(path: Option<&PathBuf>, n: usize, dim: usize) -> Result<Sink, BackboneError> {
+    let Some(path) = path else {
+        return Ok(Sink::Memory(Vec::with_capacity(n * dim)));
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| BackboneError::FeatureCache {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    let tmp = vcl_dataset::paths::partial(path);
+    let writer = vcl_dataset::npy::NpyWriter::create(&tmp, "<f4", &[n, dim], 4)?;
+    Ok(Sink::File {
+        writer,
+        tmp,
+        path: path.clone(),
+    })
 }
 
 /// [B, ...] -> contiguous float32 [B, D] on the CPU.
@@ -333,42 +496,36 @@ fn sidecar(npy: &Path) -> PathBuf {
 }
 
 /// A cache entry, if both files are there and agree with each other; anything else
-/// (a run killed between the two writes, a foreign file) means recompute.
+/// (a run killed between the two writes, a foreign file) means recompute. Only the
+/// header is read: the matrix is loaded when the caller asks for it.
 fn read_cached(path: &Path, n: usize) -> Option<TapFeatures> {
     let info: TapInfo = std::fs::read(sidecar(path))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())?;
-    let file = std::fs::File::open(path).ok()?;
-    match Array2::<f32>::read_npy(std::io::BufReader::new(file)) {
-        Ok(features) if features.dim() == (n, info.dim) => {
+    match check_layout(path, n, info.dim) {
+        Ok(_) if info.images == n => {
             tracing::debug!(path = %path.display(), tap = %info.tap, "feature cache hit");
             Some(TapFeatures {
                 info,
-                features,
+                data: FeatureData::File(path.to_path_buf()),
                 from_cache: true,
-                cache_path: Some(path.to_path_buf()),
             })
         }
-        _ => {
-            tracing::warn!(path = %path.display(), "ignoring unreadable feature cache");
+        Ok(_) => None,
+        Err(reason) => {
+            tracing::warn!(path = %path.display(), %reason, "ignoring unreadable feature cache");
             None
         }
     }
 }
 
-/// The .npy first, then its description: a reader only trusts the pair, and each
+/// The description goes after the whole .npy: a reader only trusts the pair, and each
 /// file appears whole (rename), so a killed run leaves no half-file that looks valid.
-fn write_cached(path: &Path, info: &TapInfo, features: &Array2<f32>) -> Result<(), BackboneError> {
+fn write_sidecar(path: &Path, info: &TapInfo) -> Result<(), BackboneError> {
     let cache_err = |reason: String| BackboneError::FeatureCache {
         path: path.to_path_buf(),
         reason,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| cache_err(e.to_string()))?;
-    }
-    let tmp = vcl_dataset::paths::partial(path);
-    vcl_dataset::npy::write(&tmp, features)?;
-    std::fs::rename(&tmp, path).map_err(|e| cache_err(e.to_string()))?;
     let json = sidecar(path);
     let tmp = vcl_dataset::paths::partial(&json);
     let body = serde_json::to_vec_pretty(info).map_err(|e| cache_err(e.to_string()))?;
@@ -388,11 +545,7 @@ mod tests {
         let px = Array4::from_shape_fn((n, 3, s, s), |(i, c, y, x)| {
             ((i * 37 + c * 61 + y * 7 + x * 3) % 256) as u8
         });
-        PixelCache {
-            size,
-            pixels: px,
-            path: dir.join(format!("pixels-test-{n}-{size}.npy")),
-        }
+        PixelCache::write(&dir.join(format!("pixels-test-{n}-{size}.npy")), &px).unwrap()
     }
 
     #[test]
@@ -431,24 +584,27 @@ mod tests {
         let f2 = first.get("features.2").unwrap();
         assert_eq!(f2.info.map_shape, vec![64, 15, 15]);
         assert_eq!(f2.info.pooling, Pooling::AdaptiveAvg { grid: 8 });
-        assert_eq!(f2.features.dim(), (3, 64 * 8 * 8));
+        assert_eq!(f2.array().unwrap().dim(), (3, 64 * 8 * 8));
         // features.12 is 256x3x3 = 2304 <= 5000: untouched.
         let f12 = first.get("features.12").unwrap();
         assert_eq!(f12.info.pooling, Pooling::None);
-        assert_eq!(f12.features.dim(), (3, 2304));
-        assert_eq!(first.get("classifier.6").unwrap().features.dim(), (3, 1000));
+        assert_eq!(f12.array().unwrap().dim(), (3, 2304));
+        assert_eq!(
+            first.get("classifier.6").unwrap().array().unwrap().dim(),
+            (3, 1000)
+        );
 
         // Row order is honoured: batch results equal a direct forward pass.
-        let x = px.batch(&rows, Device::Cpu);
+        let x = px.batch(&rows, Device::Cpu).unwrap();
         let logits = tch::no_grad(|| backbone.logits(&x, false));
         let direct: Vec<f32> = Vec::try_from(logits.flatten(0, -1)).unwrap();
         let ours = first
             .get("classifier.6")
             .unwrap()
-            .features
-            .as_slice()
+            .array()
             .unwrap()
-            .to_vec();
+            .into_raw_vec_and_offset()
+            .0;
         let max_diff = direct
             .iter()
             .zip(&ours)
@@ -464,7 +620,10 @@ mod tests {
         for (a, b) in first.taps.iter().zip(&second.taps) {
             assert!(b.from_cache);
             assert_eq!(a.info, b.info);
-            assert_eq!(a.features, b.features);
+            assert_eq!(a.array().unwrap(), b.array().unwrap());
+            // What a pipeline loads: the same matrix as a tensor.
+            let t: Vec<f32> = Vec::try_from(b.tensor().unwrap().flatten(0, -1)).unwrap();
+            assert_eq!(t, a.array().unwrap().into_raw_vec_and_offset().0);
         }
 
         // Other rows, or other pooling, are other cache entries.
@@ -476,7 +635,34 @@ mod tests {
         };
         let full = extract(&backbone, &px, &rows, &taps[..1], &unpooled).unwrap();
         assert_eq!(full.images_run, 3);
-        assert_eq!(full.taps[0].features.ncols(), 14400);
+        assert_eq!(full.taps[0].array().unwrap().ncols(), 14400);
+
+        // Without a cache the features stay in memory and agree with the cached ones.
+        let mem = ExtractOptions {
+            cache_dir: None,
+            ..opts.clone()
+        };
+        let in_memory = extract(&backbone, &px, &rows, &taps, &mem).unwrap();
+        for (a, b) in first.taps.iter().zip(&in_memory.taps) {
+            assert!(matches!(b.data, FeatureData::Memory(_)));
+            assert_eq!(a.array().unwrap(), b.array().unwrap());
+        }
+
+        // A cache file cut short is recomputed, not trusted.
+        let path = first.taps[0].cache_path().unwrap().to_path_buf();
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 4)
+            .unwrap();
+        let again = extract(&backbone, &px, &rows, &taps[..1], &opts).unwrap();
+        assert_eq!(again.images_run, 3);
+        assert_eq!(
+            again.taps[0].array().unwrap(),
+            in_memory.taps[0].array().unwrap()
+        );
     }
 
     #[test]

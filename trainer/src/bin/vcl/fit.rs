@@ -33,6 +33,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
             s.subject, s.hemisphere, s.roi, s.voxels, s.tap, s.cv_score
         );
     }
+    println!("\n{}", record.stages.markdown());
     if a.evaluate {
         evaluate(&a.out)?;
     }
@@ -43,6 +44,7 @@ pub fn evaluate(run: &Path) -> Result<()> {
     let eval = encoding::evaluate(run, &paths::cache_dir(), device())
         .with_context(|| format!("evaluating {}", run.display()))?;
     print!("{}", encoding::evaluate::markdown_table(&eval));
+    println!("\n{}", eval.stages.markdown());
     println!("\nreport: {}", run.join("evaluation/results.md").display());
     Ok(())
 }

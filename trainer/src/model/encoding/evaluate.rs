@@ -13,6 +13,7 @@ use super::fit::{self, index_tensor, FitRecord};
 use super::metrics::{self, RoiScores};
 use super::store::{self, FitConfig, StoredEncoder};
 use crate::features::images;
+use crate::stages::Stages;
 use crate::{model::ridge, report::plots};
 use vcl_dataset::algonauts::{split, Dataset, Hemisphere, Subject};
 
@@ -34,6 +35,9 @@ pub struct Evaluation {
     pub run: PathBuf,
     pub method: String,
     pub results: Vec<RoiResult>,
+    /// Time and peak memory per stage (absent in evaluations written before).
+    #[serde(default)]
+    pub stages: Stages,
 }
 
 /// One hemisphere's held-out responses [n_held, V], noise ceiling and noiseless truth.
@@ -84,6 +88,7 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
     }
 
     let mut results: Vec<RoiResult> = Vec::new();
+    let mut stages = Stages::default();
     // (ROI, per-voxel (sqrt NC, r)) for the noise-ceiling plot.
     let mut scatter: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for (subject_name, encs) in by_subject {
@@ -102,95 +107,99 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
             rows: &sp.heldout,
             taps: &taps,
         };
-        let feats = fit::subject_features(cfg, &backbone, &request, cache_dir)?;
-        let mut z_held: BTreeMap<String, Tensor> = BTreeMap::new();
-        for tf in &feats {
-            let enc = encs
-                .iter()
-                .find(|e| e.meta.tap == tf.info.tap)
-                .ok_or_else(|| EncodingError::Invalid("tap".into()))?;
-            let pca = store::load_pca(run, &enc.meta.pca_file)?;
-            let x = ridge::matrix_to_tensor(tf.features.view()).to_device(device);
-            if x.size()[1] != pca.mean.size()[0] {
-                return Err(EncodingError::file(
-                    &run.join(&enc.meta.pca_file),
-                    format!(
-                        "PCA expects {} features but tap {} gives {}",
-                        pca.mean.size()[0],
-                        tf.info.tap,
-                        x.size()[1]
-                    ),
-                ));
-            }
-            let z = (x - pca.mean.to_device(device)).matmul(&pca.components.to_device(device));
-            z_held.insert(tf.info.tap.clone(), z);
-        }
-        let held_idx = index_tensor(&sp.heldout, Device::Cpu);
-        let mut cache: BTreeMap<Hemisphere, HeldOut> = BTreeMap::new();
-        for enc in encs {
-            let m = &enc.meta;
-            let held = match cache.entry(m.hemisphere) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let y = ridge::matrix_to_tensor(subject.fmri(m.hemisphere)?.view())
-                        .index_select(0, &held_idx);
-                    let nc = subject.noise_ceiling(m.hemisphere)?.map(|a| a.to_vec());
-                    let truth = subject
-                        .ground_truth_train(m.hemisphere)?
-                        .map(|t| ridge::matrix_to_tensor(t.view()).index_select(0, &held_idx));
-                    e.insert(HeldOut { y, nc, truth })
-                }
-            };
-            let (y, nc, truth) = (&held.y, &held.nc, &held.truth);
-            let cols = index_tensor(&m.vertices, Device::Cpu);
-            let z = &z_held[&m.tap];
-            let pred = z.matmul(&enc.coef.to_device(device)) + enc.intercept.to_device(device);
-            let r = tensor_to_vec(&ridge::pearson_columns(
-                &pred,
-                &y.index_select(1, &cols).to_device(device),
-            ));
-            let nc_roi: Option<Vec<f32>> = nc
-                .as_ref()
-                .map(|nc| m.vertices.iter().map(|&i| nc[i]).collect());
-            let r_truth = truth.as_ref().map(|t| {
-                tensor_to_vec(&ridge::pearson_columns(
-                    &pred,
-                    &t.index_select(1, &cols).to_device(device),
-                ))
-            });
-            if let Some(nc) = &nc_roi {
-                let points = nc
+        let feats = fit::subject_features(cfg, &backbone, &request, cache_dir, &mut stages)?;
+        stages.time("evaluation", || -> Result<()> {
+            let mut z_held: BTreeMap<String, Tensor> = BTreeMap::new();
+            for tf in &feats {
+                let enc = encs
                     .iter()
-                    .zip(&r)
-                    .map(|(&c, &r)| ((c as f64).max(0.0).sqrt(), r as f64));
-                scatter.push((m.roi.clone(), points.collect()));
+                    .find(|e| e.meta.tap == tf.info.tap)
+                    .ok_or_else(|| EncodingError::Invalid("tap".into()))?;
+                let pca = store::load_pca(run, &enc.meta.pca_file)?;
+                let x = tf.tensor()?.to_device(device);
+                if x.size()[1] != pca.mean.size()[0] {
+                    return Err(EncodingError::file(
+                        &run.join(&enc.meta.pca_file),
+                        format!(
+                            "PCA expects {} features but tap {} gives {}",
+                            pca.mean.size()[0],
+                            tf.info.tap,
+                            x.size()[1]
+                        ),
+                    ));
+                }
+                let z = (x - pca.mean.to_device(device)).matmul(&pca.components.to_device(device));
+                z_held.insert(tf.info.tap.clone(), z);
             }
-            let scores = metrics::summarize(&r, n_held, nc_roi.as_deref(), r_truth.as_deref());
-            let rel = PathBuf::from("evaluation/voxels")
-                .join(&m.subject)
-                .join(m.hemisphere.prefix())
-                .join(format!("{}.npy", store::safe_name(&m.roi)));
-            let path = run.join(&rel);
-            if let Some(p) = path.parent() {
-                std::fs::create_dir_all(p).map_err(|e| EncodingError::file(p, e))?;
+            let held_idx = index_tensor(&sp.heldout, Device::Cpu);
+            let mut cache: BTreeMap<Hemisphere, HeldOut> = BTreeMap::new();
+            for enc in encs {
+                let m = &enc.meta;
+                let held = match cache.entry(m.hemisphere) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let y = ridge::matrix_to_tensor(subject.fmri(m.hemisphere)?.view())
+                            .index_select(0, &held_idx);
+                        let nc = subject.noise_ceiling(m.hemisphere)?.map(|a| a.to_vec());
+                        let truth = subject
+                            .ground_truth_train(m.hemisphere)?
+                            .map(|t| ridge::matrix_to_tensor(t.view()).index_select(0, &held_idx));
+                        e.insert(HeldOut { y, nc, truth })
+                    }
+                };
+                let (y, nc, truth) = (&held.y, &held.nc, &held.truth);
+                let cols = index_tensor(&m.vertices, Device::Cpu);
+                let z = &z_held[&m.tap];
+                let pred = z.matmul(&enc.coef.to_device(device)) + enc.intercept.to_device(device);
+                let r = tensor_to_vec(&ridge::pearson_columns(
+                    &pred,
+                    &y.index_select(1, &cols).to_device(device),
+                ));
+                let nc_roi: Option<Vec<f32>> = nc
+                    .as_ref()
+                    .map(|nc| m.vertices.iter().map(|&i| nc[i]).collect());
+                let r_truth = truth.as_ref().map(|t| {
+                    tensor_to_vec(&ridge::pearson_columns(
+                        &pred,
+                        &t.index_select(1, &cols).to_device(device),
+                    ))
+                });
+                if let Some(nc) = &nc_roi {
+                    let points = nc
+                        .iter()
+                        .zip(&r)
+                        .map(|(&c, &r)| ((c as f64).max(0.0).sqrt(), r as f64));
+                    scatter.push((m.roi.clone(), points.collect()));
+                }
+                let scores = metrics::summarize(&r, n_held, nc_roi.as_deref(), r_truth.as_deref());
+                let rel = PathBuf::from("evaluation/voxels")
+                    .join(&m.subject)
+                    .join(m.hemisphere.prefix())
+                    .join(format!("{}.npy", store::safe_name(&m.roi)));
+                let path = run.join(&rel);
+                if let Some(p) = path.parent() {
+                    std::fs::create_dir_all(p).map_err(|e| EncodingError::file(p, e))?;
+                }
+                vcl_dataset::npy::write(&path, &ndarray::Array1::from(r.clone()))?;
+                results.push(RoiResult {
+                    subject: m.subject.clone(),
+                    hemisphere: m.hemisphere,
+                    roi: m.roi.clone(),
+                    method: m.method.clone(),
+                    tap: m.tap.clone(),
+                    heldout_images: n_held,
+                    scores,
+                    voxel_r_file: rel,
+                });
             }
-            vcl_dataset::npy::write(&path, &ndarray::Array1::from(r.clone()))?;
-            results.push(RoiResult {
-                subject: m.subject.clone(),
-                hemisphere: m.hemisphere,
-                roi: m.roi.clone(),
-                method: m.method.clone(),
-                tap: m.tap.clone(),
-                heldout_images: n_held,
-                scores,
-                voxel_r_file: rel,
-            });
-        }
+            Ok(())
+        })?;
     }
     let eval = Evaluation {
         run: run.to_path_buf(),
         method: cfg.label(),
         results,
+        stages,
     };
     write_report(run, &eval, &scatter)?;
     Ok(eval)

@@ -81,9 +81,9 @@ impl Trainer<'_> {
                         "augment",
                         &[si as u64, e as u64, bi as u64],
                     ));
-                    images::normalize(&augment::augment(&px.batch_unit(rows, device), &mut rng))
+                    images::normalize(&augment::augment(&px.batch_unit(rows, device)?, &mut rng))
                 } else {
-                    px.batch(rows, device)
+                    px.batch(rows, device)?
                 };
                 let y = sd.responses(rows, device);
                 let poison = self.opts.hooks.nan_loss_at == Some((epoch, global_batch));

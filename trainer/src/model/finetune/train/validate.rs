@@ -86,7 +86,7 @@ impl Trainer<'_> {
                         .val
                         .chunks(cfg.eval_batch_size)
                         .map(|rows| {
-                            image_features(backbone, &px.batch(rows, device), tap, false)
+                            image_features(backbone, &px.batch(rows, device)?, tap, false)
                                 .map(|f| f.to_kind(Kind::Float))
                         })
                         .collect::<Result<Vec<Tensor>, FinetuneError>>()?;
