@@ -3,6 +3,8 @@
 #
 #   scripts/bench_ridge.sh            NSD scale: n 8000, p 1000, v 20000 (minutes)
 #   scripts/bench_ridge.sh --quick    n 2000, p 300, v 3000 (sanity run)
+#   scripts/bench_ridge.sh --n 8365 --v 39548
+#                                     NSD subj01 whole: both hemispheres at once
 #
 # Options: --himalaya-backend torch|numpy (default torch), --device cpu|cuda (vcl; with
 # cuda himalaya uses torch_cuda), --keep (leave the data in data/bench_ridge_*).
@@ -17,6 +19,9 @@ N=8000 P=1000 V=20000 TAG=full HBACKEND=torch DEVICE=cpu KEEP=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) N=2000 P=300 V=3000 TAG=quick ;;
+    --n) N="$2"; TAG=custom; shift ;;
+    --p) P="$2"; TAG=custom; shift ;;
+    --v) V="$2"; TAG=custom; shift ;;
     --himalaya-backend) HBACKEND="$2"; shift ;;
     --device) DEVICE="$2"; shift ;;
     --keep) KEEP=1 ;;
@@ -30,6 +35,7 @@ python -c "import himalaya" 2>/dev/null || python -m pip install --quiet himalay
 
 cargo build --quiet -p vcl-trainer --example bench_ridge
 BIN="${CARGO_TARGET_DIR:-target}/debug/examples/bench_ridge"
+[[ "$TAG" != custom ]] || TAG="n${N}_p${P}_v${V}"
 DATA="data/bench_ridge_${TAG}"
 mkdir -p "$DATA"
 [[ -f "$DATA/y.npy" ]] || "$BIN" gen --out "$DATA" --n "$N" --p "$P" --v "$V" --seed 0

@@ -31,8 +31,9 @@ const SMALL_ELEMS: i64 = 1 << 24;
 
 /// From this many elements (n d) on, `Auto` takes the randomized route when k is at
 /// most [`RANDOMIZED_MAX_FRACTION`] of min(n, d): the demo's fits (900 x 16,384) stay
-/// exact, NSD's (8,365 x 16,384) go randomized.
-const RANDOMIZED_ELEMS: i64 = 1 << 26;
+/// exact, NSD's go randomized, its 7,840-value taps too (8,365 x 7,840 took 59 s exact
+/// against about 8 s randomized in scripts/bench_scale.sh).
+const RANDOMIZED_ELEMS: i64 = SMALL_ELEMS + 1;
 const RANDOMIZED_MAX_FRACTION: f64 = 0.5;
 
 /// Extra random directions beyond k (scikit-learn's n_oversamples).
@@ -314,10 +315,33 @@ fn orthonormal(a: &Tensor) -> Result<Tensor> {
     Ok(q)
 }
 
+/// A well-conditioned basis of `a`'s columns [m, l], m >= l: the permuted unit lower
+/// factor P L of a = P L U (scikit-learn's LU normalizer). It spans what `a` spans and
+/// keeps power iterations from collapsing onto the top direction, at a fraction of a
+/// Householder QR's cost (getrf against geqrf + orgqr: 8 s of 18 at NSD size); the
+/// last step still orthonormalizes with QR.
+fn lu_basis(a: &Tensor) -> Result<Tensor> {
+    let (m, l) = (a.size()[0], a.size()[1]);
+    let (lu, pivots) =
+        Tensor::f_linalg_lu_factor(a, true).map_err(torch_err("LU for randomized PCA"))?;
+    let unit = lu.tril(-1) + Tensor::eye_m(m, l, (lu.kind(), lu.device()));
+    // LAPACK's pivots are 1-based row swaps, applied in order: replay them to find
+    // which row of `a` each row of L U came from.
+    let swaps = Vec::<i64>::try_from(pivots.to_device(Device::Cpu).to_kind(Kind::Int64))
+        .map_err(torch_err("LU pivots"))?;
+    let mut perm: Vec<i64> = (0..m).collect();
+    for (i, &p) in swaps.iter().enumerate() {
+        perm.swap(i, (p - 1) as usize);
+    }
+    // a = P (L U): row perm[i] of a is row i of L U, so row perm[i] of P L is row i of L.
+    let perm = Tensor::from_slice(&perm).to_device(unit.device());
+    Ok(unit.zeros_like().index_copy(0, &perm, &unit))
+}
+
 /// The top k right singular vectors [d, k] and singular values [k] of X_c, by the
 /// randomized range finder: Q spans X_c's top row space after power iterations
-/// (orthonormalized at each step, so the small directions are not lost to rounding in
-/// f32), and the SVD of the small [k + 10, d] matrix P^T X_c gives the components. The
+/// (renormalized by LU at each step, so the small directions are not lost to rounding
+/// in f32), and the SVD of the small [k + 10, d] matrix P^T X_c gives the components. The
 /// starting block is drawn from a fixed seed in Rust, not libtorch's global generator:
 /// the same inputs give the same components, and no other computation's random stream
 /// moves.
@@ -340,8 +364,8 @@ fn randomized(x: &Tensor, mean: &Tensor, k: i64) -> Result<(Tensor, Tensor)> {
         .view([d, l])
         .to_device(mean.device());
     for _ in 0..iterations {
-        let p = orthonormal(&times(x, mean, &q))?;
-        q = orthonormal(&times_t(x, mean, &p))?;
+        let p = lu_basis(&times(x, mean, &q))?;
+        q = lu_basis(&times_t(x, mean, &p))?;
     }
     let p = orthonormal(&times(x, mean, &q))?;
     // B = P^T X_c = (X_c^T P)^T: its right singular vectors are X_c's.
@@ -459,7 +483,10 @@ mod tests {
         // NSD subj01 at a 16,384-value tap: randomized; the demo brain's fits: exact.
         assert_eq!(auto(8365, 16384, 1000), PcaSolver::Randomized);
         assert_eq!(auto(765, 16384, 300), PcaSolver::Svd);
-        assert_eq!(auto(2500, 16384, 1000), PcaSolver::RowGram);
+        // A quarter of NSD: k = 1000 is under half of the 2,125 rows.
+        assert_eq!(auto(2125, 16384, 1000), PcaSolver::Randomized);
+        assert_eq!(auto(8365, 7840, 1000), PcaSolver::Randomized);
+        assert_eq!(auto(1500, 16384, 1000), PcaSolver::RowGram);
         // Large, but k near min(n, d): the randomized route would gain nothing.
         assert_eq!(auto(8365, 16384, 5000), PcaSolver::RowGram);
         assert_eq!(auto(40000, 4096, 1000), PcaSolver::Randomized);
