@@ -29,12 +29,32 @@ const BLOCK_ELEMS: i64 = 1 << 25;
 /// Below this many elements (n d) the plain SVD is cheap enough.
 const SMALL_ELEMS: i64 = 1 << 24;
 
-/// From this many elements (n d) on, `Auto` takes the randomized route when k is at
-/// most [`RANDOMIZED_MAX_FRACTION`] of min(n, d): the demo's fits (900 x 16,384) stay
-/// exact, NSD's go randomized, its 7,840-value taps too (8,365 x 7,840 took 59 s exact
-/// against about 8 s randomized in scripts/bench_scale.sh).
-const RANDOMIZED_ELEMS: i64 = SMALL_ELEMS + 1;
+/// `Auto` considers the randomized route only when k is at most this part of
+/// min(n, d), and takes it when its estimated cost is below the exact route's.
 const RANDOMIZED_MAX_FRACTION: f64 = 0.5;
+
+/// Cost of the exact Gram route relative to a float32 multiply-add: the f64 Gram
+/// product (2 min^2 max) plus the f64 symmetric eigendecomposition, weighted 15 per
+/// min^3 as measured here (8,365 x 16,384: 67 s exact against 17 s randomized).
+fn exact_cost(n: f64, d: f64) -> f64 {
+    let (lo, hi) = (n.min(d), n.max(d));
+    2.0 * lo * lo * hi + 15.0 * lo.powi(3)
+}
+
+/// Cost of the randomized route: every pass multiplies X by an [d, k + 10] block.
+fn randomized_cost(n: f64, d: f64, k: f64) -> f64 {
+    let passes = 2.0 * power_iterations(n.min(d), k) as f64 + 2.0;
+    2.0 * passes * n * d * (k + OVERSAMPLES as f64)
+}
+
+/// scikit-learn's n_iter="auto": more passes when k is a small part of the spectrum.
+fn power_iterations(min_side: f64, k: f64) -> i64 {
+    if k < 0.1 * min_side {
+        7
+    } else {
+        4
+    }
+}
 
 /// Extra random directions beyond k (scikit-learn's n_oversamples).
 const OVERSAMPLES: i64 = 10;
@@ -76,8 +96,9 @@ impl PcaSolver {
         match self {
             PcaSolver::Auto if elems <= SMALL_ELEMS => PcaSolver::Svd,
             PcaSolver::Auto
-                if elems >= RANDOMIZED_ELEMS
-                    && (k as f64) <= RANDOMIZED_MAX_FRACTION * n.min(d) as f64 =>
+                if (k as f64) <= RANDOMIZED_MAX_FRACTION * n.min(d) as f64
+                    && randomized_cost(n as f64, d as f64, k as f64)
+                        < exact_cost(n as f64, d as f64) =>
             {
                 PcaSolver::Randomized
             }
@@ -350,12 +371,7 @@ fn randomized(x: &Tensor, mean: &Tensor, k: i64) -> Result<(Tensor, Tensor)> {
     use rand_distr::{Distribution, StandardNormal};
     let (n, d) = (x.size()[0], x.size()[1]);
     let l = (k + OVERSAMPLES).min(n.min(d));
-    // scikit-learn's n_iter="auto": more passes when k is a small part of the spectrum.
-    let iterations = if (k as f64) < 0.1 * n.min(d) as f64 {
-        7
-    } else {
-        4
-    };
+    let iterations = power_iterations(n.min(d) as f64, k as f64);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x05ee_d9ca);
     let omega: Vec<f32> = (0..d * l)
         .map(|_| StandardNormal.sample(&mut rng))
@@ -483,13 +499,18 @@ mod tests {
         // NSD subj01 at a 16,384-value tap: randomized; the demo brain's fits: exact.
         assert_eq!(auto(8365, 16384, 1000), PcaSolver::Randomized);
         assert_eq!(auto(765, 16384, 300), PcaSolver::Svd);
-        // A quarter of NSD: k = 1000 is under half of the 2,125 rows.
-        assert_eq!(auto(2125, 16384, 1000), PcaSolver::Randomized);
+        // A quarter of NSD: k = 1000 is under half of the 2,125 rows, but ten passes
+        // over X cost more than the 2,125-row Gram (measured: 64.8 s randomized
+        // against 34.7 s exact for the ten taps).
+        assert_eq!(auto(2125, 16384, 1000), PcaSolver::RowGram);
+        // NSD's 7,840-value tap: 59 s exact, about 8 s randomized.
         assert_eq!(auto(8365, 7840, 1000), PcaSolver::Randomized);
+        assert_eq!(auto(4250, 16384, 1000), PcaSolver::Randomized);
         assert_eq!(auto(1500, 16384, 1000), PcaSolver::RowGram);
         // Large, but k near min(n, d): the randomized route would gain nothing.
         assert_eq!(auto(8365, 16384, 5000), PcaSolver::RowGram);
-        assert_eq!(auto(40000, 4096, 1000), PcaSolver::Randomized);
+        assert_eq!(auto(40000, 4096, 1000), PcaSolver::FeatureGram);
+        assert_eq!(auto(40000, 4096, 200), PcaSolver::Randomized);
         assert_eq!(auto(40000, 2000, 1500), PcaSolver::FeatureGram);
         assert_eq!(auto(100, 500, 20), PcaSolver::Svd);
         assert_eq!(
