@@ -7,8 +7,8 @@
 # docs/scale/scale.md (+ .csv) and scale_time.png / scale_memory.png (--quick: data/scale/quick).
 #
 #   scripts/bench_scale.sh                 the demo preset, then 2500, 5000 and 9841
-#                                          images of one nsd-preset subject (about 1.5 h
-#                                          on 2 cores; 12 GB of disk at the peak)
+#                                          images of one nsd-preset subject (58 min
+#                                          on 2 cores; 9 GB of data + up to 5.3 GB of caches)
 #   scripts/bench_scale.sh --quick         the demo preset and a 400-image cut of it
 #   scripts/bench_scale.sh --sizes "2500 9841"
 #
