@@ -17,7 +17,7 @@ source scripts/env.sh
 SIZE="${BENCH_SIZE:-224}"; BATCH="${BENCH_BATCH:-64}"; THREADS="${BENCH_THREADS:-2}"; STEPS="${BENCH_STEPS:-5}"
 OUT=runs/bench
 mkdir -p "$OUT"
-python -c "import torchvision" 2>/dev/null || python -m pip install --quiet --no-cache-dir --no-deps torchvision==0.28.0
+scripts/setup.sh
 cargo build --release --quiet -p vcl-trainer --example finetune_bench
 VCL=target/release/examples/finetune_bench
 ARGS=(--size "$SIZE" --batch "$BATCH" --steps "$STEPS")

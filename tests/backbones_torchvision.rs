@@ -1,5 +1,6 @@
-//! Parity with Python torchvision 0.28: the state_dict keys and shapes of all four
-//! backbones, and the numbers at every tap: ImageNet MobileNetV2 on real photos at
+//! Parity with Python torchvision 0.26 (the venv's, made for torch 2.11): the
+//! state_dict keys and shapes of all four backbones, and the numbers at every tap:
+//! ImageNet MobileNetV2 on real photos at
 //! 224 px, and random AlexNet / ResNet-18 / ResNet-50 (saved here, loaded there with
 //! `strict=True`) at 128 px, which also exercises the adaptive pools.
 
@@ -19,8 +20,8 @@ const PHOTOS: [&str; 4] = ["chelsea.png", "astronaut.png", "coffee.png", "rocket
 /// ImageNet's cat classes (tabby, tiger cat, Persian, Siamese, Egyptian cat).
 const CAT_CLASSES: std::ops::RangeInclusive<usize> = 281..=285;
 
-/// Installs torchvision into the venv once per test process if it is missing;
-/// `--no-deps` because its pins would replace the venv's torch.
+/// torchvision comes with the venv (scripts/requirements.txt pins the release made for
+/// its torch); a missing one is a set-up fault, said once per test process.
 fn ensure_torchvision() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
@@ -28,25 +29,10 @@ fn ensure_torchvision() {
             .args(["-c", "import torchvision"])
             .status()
             .expect("the venv's python runs");
-        if !have.success() {
-            let out = Command::new(python())
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--no-cache-dir",
-                    "--no-deps",
-                    "torchvision==0.28.0",
-                ])
-                .output()
-                .expect("pip runs");
-            assert!(
-                out.status.success(),
-                "installing torchvision failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        assert!(
+            have.success(),
+            "the venv has no torchvision: run scripts/setup.sh (it installs scripts/requirements.txt)"
+        );
     });
 }
 

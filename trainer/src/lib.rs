@@ -13,10 +13,12 @@
 //!   Indexed Jobs, each job one run of the stages above.
 //!
 //! [`config`] is how every command's configuration is built from its flags' defaults;
-//! [`error`] the library's error type.
+//! [`device`] where tensors compute and in what precision; [`error`] the library's
+//! error type.
 
 pub mod analysis;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod export;
 pub mod features;

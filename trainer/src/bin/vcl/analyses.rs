@@ -20,7 +20,7 @@ fn print_table(path: &std::path::Path) -> Result<()> {
 }
 
 pub fn lateralization(c: &LateralizationConfig) -> Result<()> {
-    analysis::lateralization(c, device())
+    analysis::lateralization(c, device()?)
         .with_context(|| format!("lateralization of {}", c.run.display()))?;
     let md = c.out.join("lateralization.md");
     print_table(&md)?;
@@ -29,7 +29,7 @@ pub fn lateralization(c: &LateralizationConfig) -> Result<()> {
 }
 
 pub fn mi(c: &MiConfig) -> Result<()> {
-    analysis::mi(c, &paths::cache_dir(), device()).context("the MI lower bound")?;
+    analysis::mi(c, &paths::cache_dir(), device()?).context("the MI lower bound")?;
     print_table(&c.out.join("mi.md"))
 }
 
@@ -42,7 +42,7 @@ pub fn probe(c: &ProbeConfig) -> Result<()> {
         photo_sources(&paths::photos_dir(), c.crops_per_photo, size, 0)
             .context("the photo-source set")?,
     ];
-    analysis::probe(&models, &sets, c, device()).context("probing")?;
+    analysis::probe(&models, &sets, c, device()?).context("probing")?;
     print_table(&c.out.join("probe.md"))
 }
 
@@ -51,7 +51,7 @@ pub fn landscape(c: &LandscapeConfig) -> Result<()> {
         backbones::compared(&c.runs, c.input_size).context("the backbones to compare")?;
     let set = photo_sources(&paths::photos_dir(), c.crops_per_photo, size, 1)
         .context("the probe images")?;
-    analysis::landscape(&models, &set, &c.out, device()).context("the model landscape")?;
+    analysis::landscape(&models, &set, &c.out, device()?).context("the model landscape")?;
     print_table(&c.out.join("landscape.md"))
 }
 

@@ -21,7 +21,7 @@ pub struct FinetuneArgs {
 }
 
 pub fn finetune(a: &FinetuneArgs) -> Result<()> {
-    let s = finetune::finetune(&a.config, &a.out, a.resume, &paths::cache_dir(), device())
+    let s = finetune::finetune(&a.config, &a.out, a.resume, &paths::cache_dir(), device()?)
         .with_context(|| format!("fine-tuning into {}", a.out.display()))?;
     println!(
         "{} run of {} epochs ({} completed) in {:.0} s, {:.1} images/s on {}",

@@ -23,7 +23,7 @@ pub struct FitArgs {
 }
 
 pub fn fit(a: &FitArgs) -> Result<()> {
-    let record = encoding::fit(&a.config, &a.out, &paths::cache_dir(), device())
+    let record = encoding::fit(&a.config, &a.out, &paths::cache_dir(), device()?)
         .with_context(|| format!("fitting encoders into {}", a.out.display()))?;
     println!("| subject | hemi | ROI | voxels | chosen tap | CV R^2 (training split) |");
     println!("|---|---|---|---:|---|---:|");
@@ -41,7 +41,7 @@ pub fn fit(a: &FitArgs) -> Result<()> {
 }
 
 pub fn evaluate(run: &Path) -> Result<()> {
-    let eval = encoding::evaluate(run, &paths::cache_dir(), device())
+    let eval = encoding::evaluate(run, &paths::cache_dir(), device()?)
         .with_context(|| format!("evaluating {}", run.display()))?;
     print!("{}", encoding::evaluate::markdown_table(&eval));
     println!("\n{}", eval.stages.markdown());
@@ -61,7 +61,7 @@ pub fn compare(c: &CompareConfig) -> Result<()> {
 }
 
 pub fn transfer(c: &TransferConfig) -> Result<()> {
-    let m = vcl_trainer::analysis::transfer::transfer(c, &paths::cache_dir(), device())
+    let m = vcl_trainer::analysis::transfer::transfer(c, &paths::cache_dir(), device()?)
         .context("cross-subject transfer")?;
     println!("| backbone tuned on | {} |", m.targets.join(" | "));
     println!("|---|{}", "---:|".repeat(m.targets.len()));

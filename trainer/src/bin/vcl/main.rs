@@ -9,12 +9,15 @@ mod finetune;
 mod fit;
 mod plan;
 
-use anyhow::Result;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use vcl_dataset::cli::DataCommand;
 use vcl_trainer::analysis::compare::CompareConfig;
 use vcl_trainer::analysis::transfer::TransferConfig;
 use vcl_trainer::analysis::{LandscapeConfig, LateralizationConfig, MiConfig, ProbeConfig};
+use vcl_trainer::device::DeviceChoice;
 use vcl_trainer::model::encoding::evaluate::EvaluateConfig;
 use vcl_trainer::plan::{PlanConfig, RunConfig, StatusConfig};
 use vcl_trainer::report::ReportConfig;
@@ -26,6 +29,10 @@ use vcl_trainer::report::ReportConfig;
     about = "Fine-tune CNNs on visual-cortex fMRI and fit voxel encoders"
 )]
 struct Cli {
+    /// Where libtorch computes: auto (CUDA when a GPU is visible, else the CPU), cpu,
+    /// cuda or cuda:N. Asking for a GPU that is not there is an error, not the CPU.
+    #[arg(long, global = true, env = "VCL_DEVICE", default_value = "auto")]
+    device: DeviceChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +82,7 @@ fn main() -> Result<()> {
     let tuning = vcl_trainer::model::finetune::tune_allocator();
     let cli = Cli::parse();
     tracing::debug!(?tuning, "allocator");
+    DEVICE.get_or_init(|| cli.device);
     match cli.command {
         Command::Data(c) => c.run(),
         Command::Fit(a) => fit::fit(&a),
@@ -94,9 +102,15 @@ fn main() -> Result<()> {
     }
 }
 
-/// CUDA when libtorch sees a GPU, else the CPU.
-fn device() -> tch::Device {
-    let d = tch::Device::cuda_if_available();
+/// `--device`, as given once for the whole command.
+static DEVICE: OnceLock<DeviceChoice> = OnceLock::new();
+
+/// The libtorch device `--device` names (resolved when a command first needs it).
+fn device() -> Result<tch::Device> {
+    let choice = DEVICE.get().copied().unwrap_or_default();
+    let d = choice
+        .resolve()
+        .with_context(|| format!("--device {choice}"))?;
     tracing::info!(device = ?d, "libtorch device");
-    d
+    Ok(d)
 }

@@ -64,7 +64,7 @@ pub fn run(c: &RunConfig) -> Result<()> {
     let cache = paths::cache_dir();
     let env = JobEnv {
         cache_dir: &cache,
-        device: device(),
+        device: device()?,
     };
     let outcome = plan::run_job(&p, index, &env, true)
         .with_context(|| format!("job {index} of {}", c.plan.display()))?;

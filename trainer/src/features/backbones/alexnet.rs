@@ -6,7 +6,7 @@
 
 use tch::nn;
 
-use super::layers::{linear, max_pool_3x3_s2, Conv, Init};
+use super::layers::{self, linear, max_pool_3x3_s2, Conv, Init};
 use super::Staged;
 
 fn conv(c_in: i64, c_out: i64, k: i64, stride: i64, padding: i64) -> Conv {
@@ -57,16 +57,13 @@ pub fn alexnet(p: &nn::Path, num_classes: i64) -> Staged {
         .stage(
             "classifier.2",
             nn::func_t(move |xs, train| {
-                xs.adaptive_avg_pool2d([6, 6])
-                    .flatten(1, -1)
-                    .dropout(0.5, train)
-                    .apply(&fc1)
-                    .relu()
+                let pooled = xs.adaptive_avg_pool2d([6, 6]).flatten(1, -1);
+                layers::dropout(&pooled, 0.5, train).apply(&fc1).relu()
             }),
         )
         .stage(
             "classifier.5",
-            nn::func_t(move |xs, train| xs.dropout(0.5, train).apply(&fc4).relu()),
+            nn::func_t(move |xs, train| layers::dropout(xs, 0.5, train).apply(&fc4).relu()),
         )
         .stage("classifier.6", nn::func_t(move |xs, _| xs.apply(&fc6)))
 }

@@ -16,6 +16,19 @@ use tch::nn::init::{FanInOut, NonLinearity, NormalOrUniform};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
+/// Dropout (scaled by 1 / (1 - p)) with its mask drawn by libtorch's CPU generator on
+/// every device: a run on CUDA draws the masks a CPU run of the same seed draws, so
+/// the two train alike (CUDA's own generator is another stream). On the CPU this is
+/// the computation of libtorch's `dropout`; the mask is one value per activation.
+pub(crate) fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p <= 0.0 {
+        return xs.shallow_clone();
+    }
+    let keep = Tensor::empty(xs.size(), (Kind::Float, tch::Device::Cpu)).bernoulli_float_(1.0 - p)
+        / (1.0 - p);
+    xs * crate::device::upload(&keep, xs.device()).to_kind(xs.kind())
+}
+
 /// Where the random initial values of the networks being built come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum InitSource {

@@ -9,7 +9,7 @@
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
-use super::layers::{batch_norm2d, global_avg_pool, linear, BatchNorm2d, Conv, Init};
+use super::layers::{self, batch_norm2d, global_avg_pool, linear, BatchNorm2d, Conv, Init};
 use super::Staged;
 
 /// (expansion t, output channels c, repeats n, first stride s): torchvision's table,
@@ -148,6 +148,6 @@ pub fn mobilenet_v2(p: &nn::Path, num_classes: i64) -> Staged {
         .stage("avgpool", nn::func(global_avg_pool))
         .stage(
             "classifier.1",
-            nn::func_t(move |xs, train| xs.dropout(0.2, train).apply(&classifier)),
+            nn::func_t(move |xs, train| layers::dropout(xs, 0.2, train).apply(&classifier)),
         )
 }

@@ -94,11 +94,16 @@ impl Adam {
 
     /// Whether every defined gradient is finite (for loss scaling).
     pub fn grads_finite(&self) -> bool {
+        // One read for all gradients: each read waits for the GPU.
         tch::no_grad(|| {
-            self.slots.values().all(|s| {
-                let g = s.param.grad();
-                !g.defined() || g.isfinite().all().int64_value(&[]) != 0
-            })
+            let flags: Vec<Tensor> = self
+                .slots
+                .values()
+                .map(|s| s.param.grad())
+                .filter(Tensor::defined)
+                .map(|g| g.isfinite().all().view([1]))
+                .collect();
+            flags.is_empty() || Tensor::cat(&flags, 0).all().int64_value(&[]) != 0
         })
     }
 

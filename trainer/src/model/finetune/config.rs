@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::FinetuneError;
+use crate::device::Precision;
 use crate::features::backbones::Arch;
 use vcl_dataset::algonauts::Hemisphere;
 
@@ -141,9 +142,12 @@ pub struct FinetuneConfig {
     /// swap the visual hemifields a hemisphere responds to. Beyond the paper.
     #[arg(long)]
     pub augment: bool,
-    /// float16 autocast with dynamic loss scaling (CUDA only; ignored on the CPU).
-    #[arg(long)]
-    pub mixed_precision: bool,
+    /// Training precision: fp32 (the paper), bf16 autocast, or fp16 autocast with
+    /// dynamic loss scaling. Autocast is CUDA's: on the CPU a run trains in fp32 (and
+    /// says so).
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub precision: Precision,
     /// Images per backbone forward/backward within a batch; None (the paper): the whole
     /// batch at once. Smaller values cap memory at one micro-batch's activations while
     /// the loss still sees the whole batch (every other image stays a negative); the

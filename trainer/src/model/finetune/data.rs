@@ -64,9 +64,10 @@ impl SubjectData {
     /// Responses of `rows`, [B, V] on `device`.
     pub fn responses(&self, rows: &[usize], device: Device) -> Tensor {
         let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        self.fmri
-            .index_select(0, &Tensor::from_slice(&idx))
-            .to_device(device)
+        crate::device::upload(
+            &self.fmri.index_select(0, &Tensor::from_slice(&idx)),
+            device,
+        )
     }
 
     /// The decoded pixels (loaded from / written to the pixel cache on first use).

@@ -6,6 +6,7 @@
 //! RUN/config.json            FinetuneConfig (the recipe)
 //! RUN/provenance.json        git commit, dataset fingerprint, device, vcl version
 //! RUN/history.csv            epoch, train_loss, val_loss, val_mi_bound, images_per_s, ...
+//! RUN/steps.csv              epoch, batch, subject, images, loss: every optimizer step
 //! RUN/loss.png, RUN/mi.png   training curves
 //! RUN/checkpoints/epoch-NNNN.safetensors   model + heads + Adam state + metadata
 //! RUN/backbone.safetensors   the tuned backbone, torchvision names (`vcl fit --weights`)

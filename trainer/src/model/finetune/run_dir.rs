@@ -1,4 +1,5 @@
-//! The run directory's small files: config, provenance, history CSV, curves, summary.
+//! The run directory's small files: config, provenance, history and step CSVs, curves,
+//! summary.
 //! Each is rewritten whole (via a temporary file and a rename) so that a killed run
 //! never leaves half a file.
 
@@ -7,6 +8,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::train::StepRecord;
 use super::{EpochRecord, FinetuneError};
 use crate::report::plots;
 
@@ -79,4 +81,58 @@ pub(crate) fn write_history(run: &Path, history: &[EpochRecord]) -> Result<(), F
         )?;
     }
     Ok(())
+}
+
+const STEPS_HEADER: &str = "epoch,batch,subject,images,loss";
+
+/// steps.csv: every optimizer step's training loss (full precision), epoch by epoch.
+pub(crate) fn write_steps(run: &Path, steps: &[StepRecord]) -> Result<(), FinetuneError> {
+    let mut s = format!("{STEPS_HEADER}\n");
+    for r in steps {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{}",
+            r.epoch, r.batch, r.subject, r.images, r.loss
+        );
+    }
+    write_atomic(&run.join("steps.csv"), s.as_bytes())
+}
+
+/// The steps of epochs 1..=`through` from a resumed run's steps.csv (none when the
+/// file is missing: runs from before it existed resume without their old steps).
+pub(crate) fn read_steps(run: &Path, through: usize) -> Result<Vec<StepRecord>, FinetuneError> {
+    let path = run.join("steps.csv");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(FinetuneError::io(&path, e)),
+    };
+    let bad = |line: usize, why: &str| FinetuneError::Resume {
+        run: run.to_path_buf(),
+        reason: format!("{} line {line}: {why}", path.display()),
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 5 {
+            return Err(bad(i + 1, "expected 5 fields"));
+        }
+        let int = |k: usize| {
+            f[k].parse::<usize>()
+                .map_err(|_| bad(i + 1, "not an integer"))
+        };
+        let r = StepRecord {
+            epoch: int(0)?,
+            batch: int(1)?,
+            subject: int(2)?,
+            images: int(3)?,
+            loss: f[4]
+                .parse()
+                .map_err(|_| bad(i + 1, "loss is not a number"))?,
+        };
+        if r.epoch <= through {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }

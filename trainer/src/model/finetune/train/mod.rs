@@ -30,8 +30,10 @@ use super::data::{self, SubjectData};
 use super::regression::RegressionHeads;
 use super::run_dir;
 use super::{EpochRecord, FinetuneConfig, FinetuneError, FinetuneSummary, Objective};
+use crate::device::Precision;
 use crate::features::backbones::Backbone;
 use freeze::{freeze, trained_variables};
+pub(crate) use step::StepRecord;
 pub(crate) use validate::{image_features, image_width};
 
 /// Pooled runs keep every subject's decoded pixels in memory up to this size; above
@@ -127,6 +129,9 @@ pub(super) struct Trainer<'a> {
     pub(super) heads_vs: nn::VarStore,
     pub(super) heads: Heads,
     pub(super) adam: Adam,
+    /// The precision training runs in on this device.
+    pub(super) precision: Precision,
+    /// fp16's loss scale (None in fp32 and bf16).
     pub(super) scaler: Option<LossScale>,
     pub(super) data: Vec<SubjectData>,
     pub(super) resident_pixels: bool,
@@ -182,20 +187,18 @@ pub fn finetune_with(
         },
         trained_variables(&backbone, &heads_vs),
     );
-    let scaler = match (cfg.mixed_precision, opts.device.is_cuda()) {
-        (true, true) => Some(LossScale {
-            scale: 65536.0,
-            good_steps: 0,
-        }),
-        (true, false) => {
-            tracing::warn!(
-                "mixed precision needs CUDA: training in float32 on {:?}",
-                opts.device
-            );
-            None
-        }
-        _ => None,
-    };
+    let precision = cfg.precision.on(opts.device);
+    if precision != cfg.precision {
+        tracing::warn!(
+            asked = %cfg.precision,
+            device = ?opts.device,
+            "autocast needs CUDA: training in fp32"
+        );
+    }
+    let scaler = (precision == Precision::Fp16).then_some(LossScale {
+        scale: 65536.0,
+        good_steps: 0,
+    });
     let pixel_bytes: usize = data
         .iter()
         .map(|d| d.fmri.size()[0] as usize * 3 * (cfg.input_size as usize).pow(2))
@@ -212,6 +215,7 @@ pub fn finetune_with(
         heads_vs,
         heads,
         adam,
+        precision,
         scaler,
         data,
         resident_pixels: names.len() == 1 || pixel_bytes <= PIXEL_BUDGET_BYTES,
@@ -270,12 +274,13 @@ pub fn finetune_with(
         );
     }
     let mut last_good = existing_checkpoint(run, start_epoch)?;
+    let mut steps = run_dir::read_steps(run, start_epoch)?;
     let (mut images, mut train_seconds) = (0usize, 0.0f64);
     let mut completed = start_epoch >= cfg.epochs();
     for e in start_epoch..cfg.epochs() {
         let epoch = e + 1;
         let epoch_start = Instant::now();
-        let stats = t.train_epoch(e, last_good.as_deref())?;
+        let mut stats = t.train_epoch(e, last_good.as_deref())?;
         let (val_loss, val_mi) = t.validate(epoch, last_good.as_deref())?;
         images += stats.images;
         train_seconds += stats.seconds;
@@ -290,6 +295,8 @@ pub fn finetune_with(
         });
         last_good = Some(t.save_checkpoint(epoch, history.clone(), &fingerprint)?);
         run_dir::write_history(run, &history)?;
+        steps.append(&mut stats.steps);
+        run_dir::write_steps(run, &steps)?;
         if let Some(r) = history.last() {
             tracing::info!(epoch, epochs = cfg.epochs(), train_loss = r.train_loss, val_loss = ?r.val_loss, val_mi_bound = ?r.val_mi_bound, images_per_s = format!("{:.1}", r.images_per_s), seconds = format!("{:.1}", r.seconds), "epoch done");
         }

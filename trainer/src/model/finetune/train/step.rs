@@ -35,7 +35,86 @@ fn restore_buffers(saved: &[(Tensor, Tensor)]) {
 pub(super) struct EpochStats {
     pub(super) mean_loss: f64,
     pub(super) images: usize,
+    /// Training time: from each subject's first batch to its last loss read back.
     pub(super) seconds: f64,
+    pub(super) steps: Vec<StepRecord>,
+}
+
+/// Steps between host reads of the loss on a GPU. A read waits for the GPU to finish
+/// every queued step; reading each step would leave the GPU idle while the host
+/// prepares the next batch, and the host idle while the GPU computes.
+const CUDA_LOSS_READ_EVERY: usize = 16;
+
+/// One line of `RUN/steps.csv`: an optimizer step's training loss.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct StepRecord {
+    pub(crate) epoch: usize,
+    /// 1-based, counted across the subjects of the epoch.
+    pub(crate) batch: usize,
+    /// 0-based index of the subject in the run.
+    pub(crate) subject: usize,
+    pub(crate) images: usize,
+    pub(crate) loss: f64,
+}
+
+/// A step whose loss is still on the device.
+struct PendingLoss {
+    batch: usize,
+    place: String,
+    subject: usize,
+    images: usize,
+    loss: Tensor,
+}
+
+/// The epoch's losses: read back from the device in groups, each checked for a
+/// non-finite value in step order, so that the first bad step is named exactly.
+struct LossLog<'a> {
+    epoch: usize,
+    total_batches: usize,
+    last_good: Option<&'a Path>,
+    read_every: usize,
+    pending: Vec<PendingLoss>,
+    steps: Vec<StepRecord>,
+    images: usize,
+}
+
+impl LossLog<'_> {
+    fn read(&mut self, bar: &ProgressBar) -> Result<(), FinetuneError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let stacked: Vec<Tensor> = self.pending.iter().map(|p| p.loss.view([1])).collect();
+        let values = Vec::<f64>::try_from(
+            Tensor::cat(&stacked, 0)
+                .to_kind(Kind::Double)
+                .to_device(tch::Device::Cpu),
+        )
+        .map_err(|e| FinetuneError::Config(format!("reading the training losses: {e}")))?;
+        for (p, value) in std::mem::take(&mut self.pending).into_iter().zip(values) {
+            if !value.is_finite() {
+                bar.abandon();
+                return Err(FinetuneError::NonFinite {
+                    what: "training",
+                    value,
+                    epoch: self.epoch,
+                    place: p.place,
+                    batch: Some(p.batch),
+                    last_good: self.last_good.map(Path::to_path_buf),
+                });
+            }
+            self.images += p.images;
+            bar.inc(p.images as u64);
+            self.steps.push(StepRecord {
+                epoch: self.epoch,
+                batch: p.batch,
+                subject: p.subject,
+                images: p.images,
+                loss: value,
+            });
+        }
+        debug_assert!(self.steps.len() <= self.total_batches);
+        Ok(())
+    }
 }
 
 impl Trainer<'_> {
@@ -64,13 +143,26 @@ impl Trainer<'_> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_prefix(format!("epoch {epoch}/{}", cfg.epochs()));
-        let (mut sum, mut n_batches, mut images, mut seconds) = (0.0f64, 0usize, 0usize, 0.0f64);
+        let mut log = LossLog {
+            epoch,
+            total_batches,
+            last_good,
+            read_every: if device.is_cuda() {
+                CUDA_LOSS_READ_EVERY
+            } else {
+                1
+            },
+            pending: Vec::new(),
+            steps: Vec::new(),
+            images: 0,
+        };
+        let mut seconds = 0.0f64;
         let mut global_batch = 0usize;
         for (si, batches) in plans.iter().enumerate() {
             self.data[si].pixels(cfg.input_size, self.opts.cache_dir)?;
+            let subject_start = Instant::now();
             for (bi, rows) in batches.iter().enumerate() {
                 global_batch += 1;
-                let step_start = Instant::now();
                 let sd = &self.data[si];
                 let px = sd
                     .loaded_pixels()
@@ -92,47 +184,46 @@ impl Trainer<'_> {
                     subject: si,
                     batch: bi,
                 };
-                let value = self.step(&x, &y, step, poison)?;
-                if !value.is_finite() {
-                    bar.abandon();
-                    let place = format!(
+                let loss = self.step(&x, &y, step, poison)?;
+                log.pending.push(PendingLoss {
+                    batch: global_batch,
+                    place: format!(
                         "batch {global_batch} of {total_batches} ({}, batch {} of its {})",
                         self.data[si].info.subject,
                         bi + 1,
                         batches.len()
-                    );
-                    return Err(FinetuneError::NonFinite {
-                        what: "training",
-                        value,
-                        epoch,
-                        place,
-                        batch: Some(global_batch),
-                        last_good: last_good.map(Path::to_path_buf),
-                    });
+                    ),
+                    subject: si,
+                    images: rows.len(),
+                    loss,
+                });
+                if log.pending.len() >= log.read_every {
+                    log.read(&bar)?;
                 }
-                sum += value;
-                n_batches += 1;
-                images += rows.len();
-                seconds += step_start.elapsed().as_secs_f64();
-                bar.inc(rows.len() as u64);
-                bar.set_message(format!(
-                    "loss {value:.4}, {:.1} images/s",
-                    images as f64 / seconds.max(1e-9)
-                ));
             }
+            // Reading the last losses waits for the GPU: the subject's time is its own.
+            log.read(&bar)?;
+            seconds += subject_start.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4}, {:.1} images/s",
+                log.steps.last().map_or(f64::NAN, |s| s.loss),
+                log.images as f64 / seconds.max(1e-9)
+            ));
             if !self.resident_pixels {
                 self.data[si].release_pixels();
             }
         }
         bar.finish_and_clear();
+        let n = log.steps.len();
         Ok(EpochStats {
-            mean_loss: if n_batches > 0 {
-                sum / n_batches as f64
+            mean_loss: if n > 0 {
+                log.steps.iter().map(|s| s.loss).sum::<f64>() / n as f64
             } else {
                 f64::NAN
             },
-            images,
+            images: log.images,
             seconds,
+            steps: log.steps,
         })
     }
 
@@ -154,8 +245,9 @@ impl Trainer<'_> {
     }
 
     /// One training step on images x [B, 3, S, S] and responses y [B, V]: forward,
-    /// loss, backward, Adam. Returns the loss; a non-finite loss is returned before any
-    /// update, so the weights stay those of the last good step.
+    /// loss, backward, Adam. Returns the loss, detached and still on the device: the
+    /// caller reads losses back in groups ([`LossLog`]) and stops the run at the first
+    /// non-finite one.
     ///
     /// With `micro_batch` smaller than B, the backbone runs in micro-batches twice: a
     /// forward pass without a graph gives all B image features, the loss over the whole
@@ -170,7 +262,7 @@ impl Trainer<'_> {
         y: &Tensor,
         step: StepId,
         poison: bool,
-    ) -> Result<f64, FinetuneError> {
+    ) -> Result<Tensor, FinetuneError> {
         let b = x.size()[0];
         let tap = self.cfg.image_tap.as_deref();
         // A backbone with nothing to train runs as at inference (running batch-norm
@@ -181,21 +273,19 @@ impl Trainer<'_> {
             .cfg
             .micro_batch
             .map_or(b, |m| (m as i64).clamp(1, b.max(1)));
-        let mixed = self.scaler.is_some();
+        let precision = self.precision;
         let scale = self.scaler.map_or(1.0, |s| s.scale);
         let si = step.subject;
         self.adam.zero_grad();
         if micro >= b {
             self.seed_pass(step, 0);
             let (backbone, heads) = (&self.backbone, &self.heads);
-            let loss = tch::autocast(mixed, || {
+            let loss = precision.autocast(|| {
                 let features = image_features(backbone, x, tap, train)?.to_kind(Kind::Float);
                 Ok::<_, FinetuneError>(heads.loss(&features, si, y, true))
             })?;
             let value = backward(loss, poison, scale);
-            if value.is_finite() {
-                self.apply_update();
-            }
+            self.apply_update();
             return Ok(value);
         }
 
@@ -212,7 +302,7 @@ impl Trainer<'_> {
             .map(|(ci, &(start, len))| {
                 self.seed_pass(step, ci);
                 tch::no_grad(|| {
-                    tch::autocast(mixed, || {
+                    precision.autocast(|| {
                         image_features(backbone, &x.narrow(0, start, len), tap, train)
                             .map(|f| f.to_kind(Kind::Float))
                     })
@@ -222,11 +312,8 @@ impl Trainer<'_> {
         restore_buffers(&buffers);
         let leaf = Tensor::cat(&features?, 0).detach().set_requires_grad(true);
         let heads = &self.heads;
-        let loss = tch::autocast(mixed, || heads.loss(&leaf, si, y, true));
+        let loss = precision.autocast(|| heads.loss(&leaf, si, y, true));
         let value = backward(loss, poison, scale);
-        if !value.is_finite() {
-            return Ok(value);
-        }
         let d_features = leaf.grad();
         for (ci, &(start, len)) in chunks.iter().enumerate() {
             // A frozen backbone (or one frozen up to the tap) has nothing to receive
@@ -236,7 +323,7 @@ impl Trainer<'_> {
             }
             self.seed_pass(step, ci);
             let backbone = &self.backbone;
-            let part = tch::autocast(mixed, || {
+            let part = precision.autocast(|| {
                 image_features(backbone, &x.narrow(0, start, len), tap, train)
                     .map(|f| f.to_kind(Kind::Float))
             })?;
@@ -290,16 +377,15 @@ impl Trainer<'_> {
     }
 }
 
-/// The loss's value, after back-propagating `loss * scale` when it is finite (a
-/// non-finite loss is reported to the caller, never propagated). `poison` makes it NaN:
-/// the tests' way to hit that path.
-fn backward(mut loss: Tensor, poison: bool, scale: f64) -> f64 {
+/// Back-propagates `loss * scale` and returns the loss, detached. A non-finite loss is
+/// propagated like any other (its step's update is then garbage, and the run stops when
+/// the loss is read back, before any checkpoint). `poison` makes it NaN: the tests' way
+/// to hit that path.
+fn backward(mut loss: Tensor, poison: bool, scale: f64) -> Tensor {
     if poison {
         loss *= f64::NAN;
     }
-    let value = loss.double_value(&[]);
-    if value.is_finite() {
-        (loss * scale).backward();
-    }
+    let value = loss.detach();
+    (loss * scale).backward();
     value
 }

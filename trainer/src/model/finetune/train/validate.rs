@@ -67,7 +67,7 @@ impl Trainer<'_> {
     ) -> Result<(Option<f64>, Option<f64>), FinetuneError> {
         let cfg = self.cfg;
         let device = self.opts.device;
-        let mixed = self.scaler.is_some();
+        let precision = self.precision;
         let tap = cfg.image_tap.as_deref();
         let (mut losses, mut mis) = (Vec::new(), Vec::new());
         for si in 0..self.data.len() {
@@ -81,7 +81,7 @@ impl Trainer<'_> {
                 .ok_or_else(|| FinetuneError::Config("pixels not loaded".into()))?;
             let (backbone, heads) = (&self.backbone, &self.heads);
             let (loss, mi) = tch::no_grad(|| {
-                tch::autocast(mixed, || {
+                precision.autocast(|| {
                     let features = sd
                         .val
                         .chunks(cfg.eval_batch_size)
