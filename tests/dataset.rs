@@ -92,6 +92,7 @@ for s in subs:
             assert m.shape == (V,), (fam, m.shape, V)
             names = np.load(s / f"roi_masks/mapping_{fam}.npy", allow_pickle=True).item()
             assert isinstance(names, dict) and all(isinstance(k, int) and isinstance(v, str) for k, v in names.items())
+            assert names.get(0) == "Unknown", (fam, names)
             assert set(np.unique(m[m != 0]).astype(int)) <= set(names), fam
             fs = np.load(s / f"roi_masks/{h}.{fam}_fsaverage_space.npy")
             allv = np.load(s / f"roi_masks/{h}.all-vertices_fsaverage_space.npy")
@@ -99,7 +100,7 @@ for s in subs:
             assert (fs[allv.astype(bool)] == m).all(), fam
             n_npy += 3
         prf = np.load(s / "roi_masks/mapping_prf-visualrois.npy", allow_pickle=True).item()
-        assert prf == {1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"}, prf
+        assert prf == {0: "Unknown", 1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"}, prf
         nc = np.load(s / f"noise_ceiling/{h}_noise_ceiling.npy")
         assert nc.shape == (V,) and (nc >= 0).all() and (nc <= 1).all()
         gt = np.load(s / f"ground_truth/{h}_training_fmri_noiseless.npy")

@@ -205,3 +205,53 @@ fn contrastive_heads_on_a_tap_tune_only_the_layers_before_it() {
         .to_string();
     assert!(e.contains("features.99") && e.contains("valid taps"), "{e}");
 }
+
+/// `--recipe auto` on 37 training images: batch 32 (two batches an epoch: 32 and 5),
+/// 6 optimizer steps are 3 epochs, cosine schedule, and the backbone kept is the best
+/// validation epoch's, named in the summary.
+#[test]
+fn auto_recipe_scales_to_the_data_and_keeps_the_best_epoch() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let mut cfg = common::small_config(Objective::Cl, &["1"], 1);
+    cfg.recipe = finetune::Recipe::Auto;
+    cfg.steps = 6;
+    let s = finetune::finetune(&cfg, run.path(), false, cache.path(), Device::Cpu).unwrap();
+    assert!(s.completed);
+    assert_eq!((s.epochs, s.batch_sizes.clone()), (3, vec![32]));
+    let steps = std::fs::read_to_string(run.path().join("steps.csv")).unwrap();
+    assert_eq!(steps.lines().count(), 1 + 6, "{steps}");
+    let written: finetune::FinetuneConfig =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            written.batch_size,
+            written.epochs,
+            written.lr_schedule,
+            written.select
+        ),
+        (
+            32,
+            Some(3),
+            finetune::LrSchedule::Cosine,
+            finetune::Selection::Best
+        )
+    );
+    let mi: Vec<f64> = s.history.iter().map(|r| r.val_mi_bound.unwrap()).collect();
+    let best = 1 + (0..mi.len()).fold(0, |b, i| if mi[i] > mi[b] { i } else { b });
+    assert_eq!(s.selected_epoch, Some(best), "{mi:?}");
+    let kept = std::fs::read(run.path().join("backbone.safetensors")).unwrap();
+    let best_file = std::fs::read(run.path().join("best-backbone.safetensors")).unwrap();
+    assert!(
+        kept == best_file,
+        "backbone.safetensors is not the best epoch's"
+    );
+    let loaded = Backbone::load(
+        vcl_trainer::features::backbones::Arch::MobileNetV2,
+        &run.path().join("backbone.safetensors"),
+        Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(loaded.weights_hash(), s.backbone_hash);
+}

@@ -340,10 +340,15 @@ fn write_subject(
     }
     for family in FAMILIES {
         let f = family_index(family).unwrap_or(0);
-        let mapping: BTreeMap<i64, String> = ROI_NAMES[f]
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (i as i64 + 1, n.to_string()))
+        // As the release does: label 0 is named "Unknown" (vertices outside every ROI
+        // of the family), so a reader written against the real data reads ours alike.
+        let mapping: BTreeMap<i64, String> = std::iter::once((0, "Unknown".to_string()))
+            .chain(
+                ROI_NAMES[f]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (i as i64 + 1, n.to_string())),
+            )
             .collect();
         npy::write_mapping(&layout.mapping(family), &mapping)?;
     }

@@ -61,6 +61,11 @@ impl Adam {
         }
     }
 
+    /// Sets the learning rate of the next steps (a schedule's value for this step).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
     pub fn config(&self) -> AdamConfig {
         self.cfg
     }

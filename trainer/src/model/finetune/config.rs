@@ -57,6 +57,66 @@ impl fmt::Display for Objective {
     }
 }
 
+/// A preset of the batch size, epochs, learning-rate schedule and weight selection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Recipe {
+    /// METHOD.md as written: the flags as given (batch 1024, 30 / 75 epochs, constant
+    /// learning rate, the last epoch's weights).
+    #[default]
+    Paper,
+    /// Scaled to the data: batch = n/16 rounded down to a power of two in [32, 256],
+    /// `steps` optimizer steps (epochs follow), linear warm-up then cosine decay, and
+    /// the weights of the epoch with the best validation score. With a few hundred
+    /// images the paper's "batch 1024, 30 epochs" is 30 optimizer steps; this is
+    /// hundreds. Overrides --batch-size, --epochs, --lr-schedule and --select.
+    Auto,
+}
+
+/// How the learning rate moves over a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// The paper's: `lr` throughout.
+    #[default]
+    Constant,
+    /// Linear warm-up from 0 over `warmup_fraction` of the steps, then cosine decay to 0.
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate of step `step` (0-based) of `total`, peaking at `peak`.
+    pub fn lr_at(self, peak: f64, step: usize, total: usize, warmup_fraction: f64) -> f64 {
+        match self {
+            LrSchedule::Constant => peak,
+            LrSchedule::Cosine => {
+                let total = total.max(1) as f64;
+                let warmup = (warmup_fraction * total).round().max(1.0);
+                let s = step as f64;
+                if s < warmup {
+                    peak * (s + 1.0) / warmup
+                } else {
+                    let progress = ((s - warmup) / (total - warmup).max(1.0)).min(1.0);
+                    peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+                }
+            }
+        }
+    }
+}
+
+/// Which epoch's weights become the run's `backbone.safetensors`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// The last epoch's (the paper's).
+    #[default]
+    Last,
+    /// The epoch with the best validation score: the highest MI bound (CL) or the
+    /// lowest validation loss (regression), on the validation part of the training
+    /// split (never the held-out images).
+    Best,
+}
+
 /// Everything that determines a fine-tuning run: `vcl finetune`'s flags, defined once;
 /// written to `RUN/config.json` [resolved](FinetuneConfig::resolved).
 ///
@@ -94,6 +154,26 @@ pub struct FinetuneConfig {
     /// Images per step; the effective batch is min(batch_size, training images).
     #[arg(long, default_value_t = 1024)]
     pub batch_size: usize,
+    /// `paper` (METHOD.md, the default) or `auto` (batch, epochs, schedule and weight
+    /// selection from the number of training images). Beyond the paper.
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub recipe: Recipe,
+    /// Optimizer steps of `--recipe auto` (epochs follow from them and the batch).
+    #[arg(long, default_value_t = 500)]
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// Warm-up of the cosine schedule, as a fraction of all steps.
+    #[arg(long, default_value_t = 0.05)]
+    #[serde(default = "default_warmup")]
+    pub warmup_fraction: f64,
+    /// Which epoch's weights the run keeps: `last` (the paper) or `best` (validation).
+    #[arg(long, value_enum, default_value_t)]
+    #[serde(default)]
+    pub select: Selection,
     /// Adam learning rate (default, as METHOD.md: 1e-4 cl, 2.5e-5 regression); no
     /// weight decay.
     #[arg(long)]
@@ -166,7 +246,43 @@ pub struct FinetuneConfig {
     pub image_tap: Option<String>,
 }
 
+fn default_steps() -> usize {
+    500
+}
+
+fn default_warmup() -> f64 {
+    0.05
+}
+
+/// `--recipe auto`'s batch for `n` training images: n/16 rounded down to a power of
+/// two, within [32, 256] (and never above n).
+pub fn auto_batch(n: usize) -> usize {
+    let target = (n / 16).max(1);
+    let pow2 = 1usize << (usize::BITS - 1 - target.leading_zeros());
+    pow2.clamp(32, 256).min(n.max(2))
+}
+
 impl FinetuneConfig {
+    /// The config with `recipe` applied for `n_train` training images (the smallest
+    /// subject's, when pooling): what the run trains with and `config.json` records.
+    pub fn for_data(&self, n_train: usize) -> FinetuneConfig {
+        match self.recipe {
+            Recipe::Paper => self.clone(),
+            Recipe::Auto => {
+                let batch = auto_batch(n_train);
+                // An epoch's batches: the full ones and a last one of 2 or more images.
+                let per_epoch = (n_train / batch + usize::from(n_train % batch >= 2)).max(1);
+                FinetuneConfig {
+                    batch_size: batch,
+                    epochs: Some(self.steps.div_ceil(per_epoch).max(1)),
+                    lr_schedule: LrSchedule::Cosine,
+                    select: Selection::Best,
+                    ..self.clone()
+                }
+            }
+        }
+    }
+
     /// The paper's recipe for `method` (METHOD.md): the flags' defaults, on
     /// torchvision's MobileNetV2 with the installed ImageNet weights (AlexNet weights
     /// are not installable here).
@@ -262,6 +378,15 @@ impl FinetuneConfig {
         }
         if self.epochs() == 0 {
             return bad("epochs", "must be at least 1".into());
+        }
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.warmup_fraction) {
+            return bad(
+                "warmup_fraction",
+                format!("{} must be in [0, 1)", self.warmup_fraction),
+            );
         }
         if self.batch_size < 2 {
             return bad(
@@ -365,6 +490,63 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("batch_size"));
+    }
+
+    #[test]
+    fn auto_recipe_scales_batch_and_epochs_with_the_data() {
+        assert_eq!(auto_batch(612), 32);
+        assert_eq!(auto_batch(8365), 256);
+        assert_eq!(auto_batch(2000), 64);
+        assert_eq!(auto_batch(20), 20);
+        let mut c = FinetuneConfig::new(
+            Objective::Cl,
+            "d".into(),
+            vec!["1".into()],
+            Hemisphere::Left,
+            "early".into(),
+        );
+        assert_eq!(
+            c.for_data(612),
+            c,
+            "the paper's recipe ignores the data size"
+        );
+        c.recipe = Recipe::Auto;
+        let a = c.for_data(612);
+        // 612 = 19 x 32 + 4: 20 steps an epoch, so 500 steps are 25 epochs.
+        assert_eq!((a.batch_size, a.epochs), (32, Some(25)));
+        assert_eq!(
+            (a.lr_schedule, a.select),
+            (LrSchedule::Cosine, Selection::Best)
+        );
+        // Old configs (no recipe fields) load as the paper's.
+        let mut v = serde_json::to_value(&c).unwrap();
+        for k in [
+            "recipe",
+            "steps",
+            "lr_schedule",
+            "warmup_fraction",
+            "select",
+        ] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let old: FinetuneConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            (old.recipe, old.steps, old.select),
+            (Recipe::Paper, 500, Selection::Last)
+        );
+    }
+
+    #[test]
+    fn cosine_schedule_warms_up_then_decays_to_zero() {
+        let s = LrSchedule::Cosine;
+        let lr = |step| s.lr_at(1e-4, step, 100, 0.05);
+        assert!((lr(0) - 2e-5).abs() < 1e-12, "{}", lr(0));
+        assert!((lr(4) - 1e-4).abs() < 1e-12);
+        assert!((lr(5) - 1e-4).abs() < 1e-12);
+        assert!(lr(50) < 1e-4 && lr(50) > 0.0);
+        assert!(lr(99) < 1e-6);
+        assert!((1..100).all(|t| t < 5 || lr(t) <= lr(t - 1)));
+        assert_eq!(LrSchedule::Constant.lr_at(1e-4, 7, 100, 0.05), 1e-4);
     }
 
     /// Configs written before image_tap existed still load, as the paper's logits.

@@ -10,6 +10,7 @@
 //! RUN/loss.png, RUN/mi.png   training curves
 //! RUN/checkpoints/epoch-NNNN.safetensors   model + heads + Adam state + metadata
 //! RUN/backbone.safetensors   the tuned backbone, torchvision names (`vcl fit --weights`)
+//! RUN/best-backbone.safetensors   `--select best`: the best validation epoch's, so far
 //! RUN/summary.json           FinetuneSummary
 //! ```
 //! Only the training part of each subject's split is read (the same
@@ -33,7 +34,9 @@ use serde::{Deserialize, Serialize};
 
 pub use adam::{Adam, AdamConfig};
 pub use alloc::{tune_allocator, AllocatorTuning};
-pub use config::{default_config, FinetuneConfig, Objective};
+pub use config::{
+    auto_batch, default_config, FinetuneConfig, LrSchedule, Objective, Recipe, Selection,
+};
 pub use contrastive::{info_nce, mi_lower_bound, similarity, ClDims, ClLoss, ContrastiveHeads};
 pub use data::SubjectInfo;
 pub use regression::RegressionHeads;
@@ -142,6 +145,9 @@ pub struct FinetuneSummary {
     pub backbone: Option<PathBuf>,
     /// `Backbone::weights_hash` of the tuned backbone.
     pub backbone_hash: String,
+    /// `--select best`: the epoch whose weights `backbone` holds (None: the last).
+    #[serde(default)]
+    pub selected_epoch: Option<usize>,
     pub epochs_completed: usize,
     pub epochs: usize,
     pub completed: bool,

@@ -25,6 +25,7 @@ use tch::{Device, Tensor};
 
 use super::adam::{Adam, AdamConfig};
 use super::checkpoint;
+use super::config::{Recipe, Selection};
 use super::contrastive::{ClDims, ContrastiveHeads};
 use super::data::{self, SubjectData};
 use super::regression::RegressionHeads;
@@ -152,6 +153,18 @@ pub fn finetune_with(
     std::fs::create_dir_all(run).map_err(|e| FinetuneError::io(run, e))?;
 
     let data = data::load(cfg)?;
+    // The recipe needs the data's size: batch and epochs of `--recipe auto`.
+    let smallest = data.iter().map(|d| d.train.len()).min().unwrap_or(0);
+    let cfg = &cfg.for_data(smallest);
+    if cfg.recipe == Recipe::Auto {
+        tracing::info!(
+            batch = cfg.batch_size,
+            epochs = cfg.epochs(),
+            steps = cfg.steps,
+            training_images = smallest,
+            "recipe auto"
+        );
+    }
     let fingerprint = data::fingerprint(&data)?;
     let names: Vec<String> = data.iter().map(|d| d.info.subject.clone()).collect();
     let voxels: Vec<usize> = data.iter().map(|d| d.info.voxels).collect();
@@ -293,6 +306,9 @@ pub fn finetune_with(
             seconds: epoch_start.elapsed().as_secs_f64(),
             tau: t.heads.tau(),
         });
+        if cfg.select == Selection::Best && best_epoch(&history, cfg.method) == Some(epoch) {
+            save_backbone(&t.backbone, &run.join(BEST_BACKBONE))?;
+        }
         last_good = Some(t.save_checkpoint(epoch, history.clone(), &fingerprint)?);
         run_dir::write_history(run, &history)?;
         steps.append(&mut stats.steps);
@@ -309,8 +325,27 @@ pub fn finetune_with(
     }
 
     let backbone_path = run.join("backbone.safetensors");
+    let best = run.join(BEST_BACKBONE);
+    let selected_epoch = match cfg.select {
+        Selection::Best if best.is_file() => best_epoch(&history, cfg.method),
+        Selection::Best => {
+            tracing::warn!("no validation part to select by: keeping the last epoch's weights");
+            None
+        }
+        Selection::Last => None,
+    };
+    let mut backbone_hash = t.backbone.weights_hash();
     let backbone_out = if completed {
-        t.backbone.save(&backbone_path)?;
+        match selected_epoch {
+            Some(e) => {
+                std::fs::copy(&best, &backbone_path)
+                    .map_err(|err| FinetuneError::io(&backbone_path, err))?;
+                backbone_hash =
+                    Backbone::load(cfg.arch, &backbone_path, opts.device)?.weights_hash();
+                tracing::info!(epoch = e, "kept the weights of the best validation epoch");
+            }
+            None => t.backbone.save(&backbone_path)?,
+        }
         Some(backbone_path)
     } else {
         None
@@ -319,7 +354,8 @@ pub fn finetune_with(
         run_dir: run.to_path_buf(),
         method: cfg.method,
         backbone: backbone_out,
-        backbone_hash: t.backbone.weights_hash(),
+        backbone_hash,
+        selected_epoch,
         epochs_completed: history.len(),
         epochs: cfg.epochs(),
         completed,
@@ -347,6 +383,35 @@ pub fn finetune_with(
     };
     run_dir::write_json(&run.join("summary.json"), &summary)?;
     Ok(summary)
+}
+
+/// Where `--select best` keeps the best epoch's backbone until the run completes.
+const BEST_BACKBONE: &str = "best-backbone.safetensors";
+
+/// The epoch (1-based) with the best validation score so far: the highest MI bound for
+/// CL, the lowest validation loss for regression; the earliest on ties. None without a
+/// validation part.
+fn best_epoch(history: &[EpochRecord], method: Objective) -> Option<usize> {
+    let score = |r: &EpochRecord| match method {
+        Objective::Cl => r.val_mi_bound,
+        Objective::Regression => r.val_loss.map(|l| -l),
+    };
+    history
+        .iter()
+        .filter_map(|r| score(r).filter(|v| v.is_finite()).map(|v| (r.epoch, v)))
+        .fold(None, |best: Option<(usize, f64)>, (e, v)| match best {
+            Some((_, b)) if b >= v => best,
+            _ => Some((e, v)),
+        })
+        .map(|(e, _)| e)
+}
+
+/// Saves the backbone through a temporary file and a rename: a killed run leaves the
+/// previous best whole.
+fn save_backbone(backbone: &Backbone, path: &Path) -> Result<(), FinetuneError> {
+    let tmp = path.with_extension("safetensors.partial");
+    backbone.save(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| FinetuneError::io(path, e))
 }
 
 /// The checkpoint file of `epoch` if one exists (the last good one on resume).

@@ -184,6 +184,14 @@ impl Trainer<'_> {
                     subject: si,
                     batch: bi,
                 };
+                // Every epoch has the same batches, so the run's step is its position.
+                let run_step = e * total_batches + global_batch - 1;
+                self.adam.set_lr(cfg.lr_schedule.lr_at(
+                    cfg.lr(),
+                    run_step,
+                    cfg.epochs() * total_batches,
+                    cfg.warmup_fraction,
+                ));
                 let loss = self.step(&x, &y, step, poison)?;
                 log.pending.push(PendingLoss {
                     batch: global_batch,
