@@ -9,10 +9,14 @@
 # paper lacked (two-way InfoNCE, learnable temperature, retinotopy-safe augmentation,
 # heads on a backbone tap instead of the logits) and compares them with the paper's,
 # and gives the MI bound of the paper's recipe beside that of heads trained on the
-# frozen untuned backbone.
+# frozen untuned backbone. With SCIENCE_AUTO=1 it also tunes, per subject, CL and the
+# regression baseline with `--recipe auto` and compares them with the paper's recipe
+# (reference: CL with the auto recipe). SCIENCE_METHODS chooses the paper-recipe methods
+# (default "cl regression").
 #
 #   scripts/science.sh                 (about 35 min on 2 cores; +15 min with recipes)
 #   SCIENCE_SIZE=128 SCIENCE_OUT=runs/science SCIENCE_RECIPES=1 scripts/science.sh
+#   SCIENCE_AUTO=1 SCIENCE_METHODS=cl scripts/science.sh     (about 40 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -49,7 +53,7 @@ UNTUNED_SUBJECTS="$(echo $SUBJECTS | tr ' ' ',')"
 RUNS=("$OUT/untuned")
 for s in $SUBJECTS; do
   sub="subj$(printf %02d "$s")"
-  for m in cl regression; do
+  for m in ${SCIENCE_METHODS:-cl regression}; do
     log "$m on $sub"
     tune "$m" "$s" "$OUT/$m-$sub"
     [[ -f "$OUT/$m-fit-$sub/evaluation/results.json" ]] || fit "$m" "$s" "$OUT/$m-$sub/backbone.safetensors" "$OUT/$m-fit-$sub"
@@ -57,6 +61,21 @@ for s in $SUBJECTS; do
   done
 done
 $VCL compare "${RUNS[@]}" --out "$OUT/compare"
+
+if [[ "${SCIENCE_AUTO:-0}" == 1 ]]; then
+  AUTO_RUNS=("${RUNS[@]}")
+  for s in $SUBJECTS; do
+    sub="subj$(printf %02d "$s")"
+    for m in cl regression; do
+      log "$m --recipe auto on $sub"
+      tune "$m" "$s" "$OUT/$m-auto-$sub" --recipe auto
+      [[ -f "$OUT/$m-auto-fit-$sub/evaluation/results.json" ]] || fit "$m-auto" "$s" "$OUT/$m-auto-$sub/backbone.safetensors" "$OUT/$m-auto-fit-$sub"
+      AUTO_RUNS+=("$OUT/$m-auto-fit-$sub")
+    done
+  done
+  $VCL compare "${AUTO_RUNS[@]}" --reference cl-auto --out "$OUT/auto"
+  log "auto recipe: $OUT/auto/comparison.md"
+fi
 
 if [[ "${SCIENCE_RECIPES:-0}" == 1 ]]; then
   first="$(echo $SUBJECTS | cut -d' ' -f1)"; sub="subj$(printf %02d "$first")"
