@@ -255,3 +255,63 @@ fn auto_recipe_scales_to_the_data_and_keeps_the_best_epoch() {
     .unwrap();
     assert_eq!(loaded.weights_hash(), s.backbone_hash);
 }
+
+/// A GPU asked for and absent is an error naming it, before any work; a precision the
+/// device cannot run is said, and the run trains in fp32.
+#[test]
+fn an_absent_gpu_is_refused_and_cpu_autocast_falls_back_to_fp32() {
+    let data = common::tiny().to_str().unwrap().to_string();
+    let out = vcl_tests::vcl(&[
+        "--device",
+        "cuda:99",
+        "finetune",
+        "--data",
+        &data,
+        "--roi",
+        "V1v",
+        "--input-size",
+        "64",
+        "--out",
+        "/nonexistent/never-written",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cuda:99") && err.contains("CUDA device"),
+        "{err}"
+    );
+    let bad = vcl_tests::vcl(&["--device", "tpu", "inspect", &data]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!bad.status.success() && err.contains("'tpu'"), "{err}");
+
+    let run = tempfile::tempdir().unwrap();
+    let out = vcl_tests::vcl(&[
+        "--device",
+        "cpu",
+        "finetune",
+        "--data",
+        &data,
+        "--roi",
+        "V1v+V1d",
+        "--input-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "1",
+        "--precision",
+        "bf16",
+        "--out",
+        run.path().to_str().unwrap(),
+    ]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("autocast needs CUDA: training in fp32"),
+        "{log}"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["precision"], "bf16");
+}
