@@ -493,17 +493,21 @@ fn layout_is_complete_and_consistent() {
                 }
                 let mapping = npy::read_mapping(&layout.mapping(family)).unwrap();
                 let f = crate::algonauts::layout::family_index(family).unwrap();
-                let expected: BTreeMap<i64, String> = ROI_NAMES[f]
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| (i as i64 + 1, n.to_string()))
+                // Label 0 is the release's "Unknown": vertices outside every ROI.
+                let expected: BTreeMap<i64, String> = std::iter::once((0, "Unknown".to_string()))
+                    .chain(
+                        ROI_NAMES[f]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| (i as i64 + 1, n.to_string())),
+                    )
                     .collect();
                 assert_eq!(mapping, expected);
                 assert!(
                     mask.iter().any(|&l| l == 0),
                     "{family}: some vertices unlabeled"
                 );
-                for (&label, name) in &mapping {
+                for (&label, name) in mapping.iter().filter(|(&l, _)| l != 0) {
                     let count = mask.iter().filter(|&&l| l == label).count();
                     let empty = matches!(name.as_str(), "mTL-faces" | "aTL-faces");
                     if family == "prf-visualrois" {
