@@ -18,8 +18,9 @@ use tch::{Kind, Tensor};
 
 /// Dropout (scaled by 1 / (1 - p)) with its mask drawn by libtorch's CPU generator on
 /// every device: a run on CUDA draws the masks a CPU run of the same seed draws, so
-/// the two train alike (CUDA's own generator is another stream). On the CPU this is
-/// the computation of libtorch's `dropout`; the mask is one value per activation.
+/// the two train alike (CUDA's own generator is another stream). The draw and scaling
+/// are those of libtorch's CPU `dropout` (not compared bit for bit); one mask value per
+/// activation.
 pub(crate) fn dropout(xs: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p <= 0.0 {
         return xs.shallow_clone();
