@@ -12,7 +12,10 @@
 # frozen untuned backbone. With SCIENCE_AUTO=1 it also tunes, per subject, CL and the
 # regression baseline with `--recipe auto` and compares them with the paper's recipe
 # (reference: CL with the auto recipe). SCIENCE_METHODS chooses the paper-recipe methods
-# (default "cl regression").
+# (default "cl regression"). With SCIENCE_GRIDS=1 every backbone of the table (untuned and
+# each tuned one) is fitted again with the pooling grid a CV choice beside the tap
+# (SCIENCE_GRID_LIST, default 1,2,4,8,cap) and compared with the cap-only fits
+# (reference: cl-grids).
 #
 #   scripts/science.sh                 (about 35 min on 2 cores; +15 min with recipes)
 #   SCIENCE_SIZE=128 SCIENCE_OUT=runs/science SCIENCE_RECIPES=1 scripts/science.sh
@@ -32,9 +35,10 @@ VCL=target/release/vcl
 mkdir -p "$OUT"
 log() { echo "science: $*" >&2; }
 
-fit() {  # fit <label> <subject> <weights> <out>; the label starts with the method (cl-augment)
-  $VCL fit --data "$DATA" --subjects "$2" --hemispheres lh --rois "$FIT_ROIS" \
-    --input-size "$SIZE" --weights "$3" --method "${1%%-*}" --label "$1" --out "$4" --evaluate
+fit() {  # fit <label> <subject> <weights> <out> [extra fit flags]; the label starts with the method (cl-augment)
+  local label="$1" s="$2" weights="$3" out="$4"; shift 4
+  $VCL fit --data "$DATA" --subjects "$s" --hemispheres lh --rois "$FIT_ROIS" \
+    --input-size "$SIZE" --weights "$weights" --method "${label%%-*}" --label "$label" --out "$out" --evaluate "$@"
 }
 tune() {  # tune <method> <subject> <out> [extra finetune flags]
   local method="$1" s="$2" out="$3"; shift 3
@@ -75,6 +79,27 @@ if [[ "${SCIENCE_AUTO:-0}" == 1 ]]; then
   done
   $VCL compare "${AUTO_RUNS[@]}" --reference cl-auto --out "$OUT/auto"
   log "auto recipe: $OUT/auto/comparison.md"
+fi
+
+if [[ "${SCIENCE_GRIDS:-0}" == 1 ]]; then
+  GRIDS="${SCIENCE_GRID_LIST:-1,2,4,8,cap}"
+  GRID_RUNS=("${RUNS[@]}")
+  [[ -f "$OUT/untuned-grids/evaluation/results.json" ]] || {
+    log "untuned fit with pooling grids $GRIDS"
+    $VCL fit --data "$DATA" --subjects "$UNTUNED_SUBJECTS" --hemispheres lh --rois "$FIT_ROIS" \
+      --input-size "$SIZE" --method untuned --label untuned-grids --pool-grids "$GRIDS" \
+      --out "$OUT/untuned-grids" --evaluate
+  }
+  GRID_RUNS+=("$OUT/untuned-grids")
+  for s in $SUBJECTS; do
+    sub="subj$(printf %02d "$s")"
+    for m in ${SCIENCE_METHODS:-cl regression}; do
+      [[ -f "$OUT/$m-grids-fit-$sub/evaluation/results.json" ]] || fit "$m-grids" "$s" "$OUT/$m-$sub/backbone.safetensors" "$OUT/$m-grids-fit-$sub" --pool-grids "$GRIDS"
+      GRID_RUNS+=("$OUT/$m-grids-fit-$sub")
+    done
+  done
+  $VCL compare "${GRID_RUNS[@]}" --reference cl-grids --out "$OUT/grids"
+  log "pooling grids: $OUT/grids/comparison.md"
 fi
 
 if [[ "${SCIENCE_RECIPES:-0}" == 1 ]]; then

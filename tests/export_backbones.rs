@@ -9,8 +9,8 @@ use vcl_dataset::{npy, paths};
 use vcl_tests::run_python;
 use vcl_trainer::export::contract::runtime::{self, Runtime};
 use vcl_trainer::export::{
-    build_model, predict_libtorch, verify_with_ort, EncoderSet, ExportOptions, OrtCheck, RoiHead,
-    TapProjection,
+    build_model, predict_libtorch, verify_with_ort, EncoderSet, ExportOptions, OrtCheck, Readout,
+    RoiHead, TapProjection,
 };
 use vcl_trainer::features::backbones::{Arch, Backbone, Device};
 use vcl_trainer::features::images;
@@ -117,7 +117,7 @@ fn encoders(backbone: &Backbone, x: &Tensor, taps: &[(&str, Pooling)]) -> Encode
         let projection = i % taps.len();
         set.heads.push(RoiHead {
             roi: format!("roi{i}"),
-            projection,
+            readout: Readout::Ridge { projection },
             coef: tensor(noise((K * v) as usize, 100 + i as u64), &[K, v]),
             intercept: tensor(noise(v as usize, 200 + i as u64), &[v]) * 0.1,
         });

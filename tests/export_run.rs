@@ -152,6 +152,80 @@ print(json.dumps({"rel": rel, "scale": scale, "mean_err": mean_err,
 "#;
 
 #[test]
+fn pooling_grids_are_cv_candidates_that_evaluate_and_export_reproduce() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = dir.path().join("grids");
+    let cfg = FitConfig {
+        pool_grids: ["1", "2", "cap"]
+            .iter()
+            .map(|g| g.parse().unwrap())
+            .collect(),
+        ..config(&["V1", "early"], &["features.3", "features.6", "avgpool"])
+    };
+    let record = encoding::fit(&cfg, &run, &cache, Device::Cpu).unwrap();
+    // features.3 is 24x16x16 at 64 px and features.6 32x8x8; the 1000-value cap pools
+    // them to 6x6 and 5x5. avgpool is a vector: one candidate whatever the grid.
+    let want = [
+        "features.3@1x1",
+        "features.3@2x2",
+        "features.3@6x6",
+        "features.6@1x1",
+        "features.6@2x2",
+        "features.6@5x5",
+        "avgpool@full",
+    ];
+    let encs = encoding::store::load_encoders(&run).unwrap();
+    assert_eq!(encs.len(), 4);
+    for (e, s) in encs.iter().zip(&record.selections) {
+        let m = &e.meta;
+        let labels: Vec<&str> = m.tap_cv_scores.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, want, "{}", m.roi);
+        let (best, score) =
+            m.tap_cv_scores.iter().fold(
+                ("", f32::MIN),
+                |b, (l, c)| if *c >= b.1 { (l, *c) } else { b },
+            );
+        assert_eq!((s.tap.as_str(), s.cv_score), (best, score), "{}", m.roi);
+        assert_eq!(s.tap.split('@').next(), Some(m.tap.as_str()));
+        let grid = match m.pooling {
+            manifest::Pooling::None => "full".to_string(),
+            manifest::Pooling::AdaptiveAvg { grid } => format!("{grid}x{grid}"),
+        };
+        assert_eq!(s.tap, format!("{}@{grid}", m.tap));
+    }
+    let eval = encoding::evaluate(&run, &cache, Device::Cpu).unwrap();
+    assert!(eval.results.iter().all(|r| r.scores.mean_r.is_finite()));
+
+    // A grid the cap would not make, exported: ONNX pools the map as the fit did.
+    let coarse = dir.path().join("coarse");
+    let cfg = FitConfig {
+        pool_grids: vec!["2".parse().unwrap()],
+        ..config(&["V1"], &["features.6"])
+    };
+    encoding::fit(&cfg, &coarse, &cache, Device::Cpu).unwrap();
+    let grid_eval = encoding::evaluate(&coarse, &cache, Device::Cpu).unwrap();
+    let fitted = encoding::store::load_encoders(&coarse).unwrap();
+    assert_eq!(fitted[0].meta.feature_dim, 32 * 2 * 2);
+    assert!(grid_eval.results.iter().all(|r| r.tap == "features.6"));
+    let repo = dir.path().join("repo");
+    let models =
+        export(&coarse, &repo, &ExportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    for m in &models {
+        let man = Manifest::load(&m.dir).unwrap();
+        assert_eq!(
+            man.rois[0].pooling,
+            manifest::Pooling::AdaptiveAvg { grid: 2 }
+        );
+        assert!(
+            man.verification.max_rel_diff < 1e-4,
+            "{}",
+            man.verification.max_rel_diff
+        );
+    }
+}
+
+#[test]
 fn a_bundle_on_two_taps_exports_checked_models_with_their_manifests() {
     let (repo, dirs) = exported();
     assert_eq!(dirs.len(), 2, "one bundle per hemisphere");

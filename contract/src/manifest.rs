@@ -137,6 +137,34 @@ pub enum Pooling {
     AdaptiveAvg { grid: i64 },
 }
 
+/// What reads an ROI's voxels off the backbone's tap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Encoder {
+    /// The pooled, flattened tap -> PCA -> ridge (the paper's).
+    #[default]
+    PcaRidge,
+    /// Feature-weighted receptive field: per voxel a 2-D Gaussian pooling field on the
+    /// tap's maps (position and size chosen by CV), then ridge over the channels.
+    Fwrf,
+}
+
+impl Encoder {
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoder::PcaRidge => "pca-ridge",
+            Encoder::Fwrf => "fwrf",
+        }
+    }
+}
+
+impl std::fmt::Display for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
@@ -207,9 +235,14 @@ pub struct RoiSpec {
     pub fsaverage: Option<Vec<u32>>,
     /// Backbone tap the encoder reads (torchvision module name).
     pub tap: String,
+    /// What reads the voxels off the tap (absent in manifests written before fwRF).
+    #[serde(default)]
+    pub encoder: Encoder,
     pub pooling: Pooling,
-    /// Features per image after pooling and flattening (PCA input).
+    /// Features per image after pooling and flattening (PCA input, or the maps the
+    /// fields pool).
     pub feature_dim: usize,
+    /// 0 for an fwRF encoder.
     pub pca_components: usize,
     pub alpha: AlphaSummary,
     /// Mean CV R^2 inside the training split at the chosen tap.
@@ -645,8 +678,17 @@ impl Manifest {
                     ),
                 ));
             }
-            if r.pca_components == 0 {
-                return Err(bad(&field("pca_components"), "is 0".into()));
+            match (r.encoder, r.pca_components) {
+                (Encoder::PcaRidge, 0) => {
+                    return Err(bad(&field("pca_components"), "is 0".into()));
+                }
+                (Encoder::Fwrf, k) if k != 0 => {
+                    return Err(bad(
+                        &field("pca_components"),
+                        format!("is {k}, but an fwrf encoder has no PCA"),
+                    ));
+                }
+                _ => {}
             }
             let mut numbers = vec![
                 ("alpha.min", a.min),
@@ -868,6 +910,7 @@ mod tests {
             tap: "features.6".into(),
             pooling: Pooling::AdaptiveAvg { grid: 4 },
             feature_dim: 512,
+            encoder: Encoder::PcaRidge,
             pca_components: 10,
             alpha: AlphaSummary::of(AlphaMode::Voxel, &[1.0, 10.0, 100.0]).unwrap(),
             cv_score: 0.2,

@@ -118,6 +118,7 @@ pub fn manifest(name: &str, size: u32, rois: &[(&str, usize)]) -> Manifest {
                 tap: "features.6".into(),
                 pooling: Pooling::None,
                 feature_dim: 8,
+                encoder: vcl_contract::manifest::Encoder::PcaRidge,
                 pca_components: 4,
                 alpha: AlphaSummary {
                     mode: AlphaMode::Voxel,

@@ -13,13 +13,16 @@ use crate::features::Pooling;
 use crate::model::encoding::error::EncodingError;
 use crate::model::encoding::fit::{self, FitRecord};
 use crate::model::encoding::store::{self, EncoderMeta, StoredPca};
+use crate::model::fwrf;
 use crate::Result;
 use vcl_dataset::algonauts::Hemisphere;
 
-/// One ROI encoder with its PCA.
+/// One ROI encoder with its PCA (empty for fwRF) or its fields' matrix.
 pub struct RoiEncoder {
     pub meta: EncoderMeta,
     pub pca: StoredPca,
+    /// fwRF: [H*W, V] the voxels' fields on the tap's pooled map.
+    pub field: Option<Tensor>,
     /// [k, V]
     pub coef: Tensor,
     /// [V]
@@ -81,12 +84,25 @@ impl FitModels {
                 )
                 .into());
             }
-            let pca = store::load_pca(run, &m.pca_file)?;
+            let (pca, field) = match &m.fields {
+                Some(layout) => (
+                    StoredPca {
+                        mean: Tensor::zeros(
+                            [layout.map.iter().product::<i64>()],
+                            (Kind::Float, device),
+                        ),
+                        components: Tensor::zeros([0, 0], (Kind::Float, device)),
+                    },
+                    Some(layout.matrix(device)),
+                ),
+                None => (store::load_pca(run, &m.pca_file)?, None),
+            };
             encoders.push(RoiEncoder {
                 pca: StoredPca {
                     mean: pca.mean.to_device(device),
                     components: pca.components.to_device(device),
                 },
+                field,
                 coef: e.coef.to_device(device),
                 intercept: e.intercept.to_device(device),
                 meta: e.meta,
@@ -122,7 +138,7 @@ impl FitModels {
         let flat = pooled.flatten(1, -1);
         if flat.size()[1] != e.pca.mean.size()[0] {
             return Err(EncodingError::Invalid(format!(
-                "{}: the PCA expects {} features, tap {} gives {} at {} px",
+                "{}: the encoder expects {} features, tap {} gives {} at {} px",
                 e.label(),
                 e.pca.mean.size()[0],
                 e.meta.tap,
@@ -131,8 +147,15 @@ impl FitModels {
             ))
             .into());
         }
-        let z = (flat - &e.pca.mean).matmul(&e.pca.components);
-        let y = z.matmul(&e.coef) + &e.intercept;
+        let y = match &e.field {
+            Some(field) => fwrf::predict(&flat, field, &e.coef, &e.intercept),
+            None => {
+                (flat - &e.pca.mean)
+                    .matmul(&e.pca.components)
+                    .matmul(&e.coef)
+                    + &e.intercept
+            }
+        };
         Ok((y.mean_dim(1, false, Kind::Float), outs.next()))
     }
 }

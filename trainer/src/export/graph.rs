@@ -283,6 +283,26 @@ impl GraphBuilder {
         self.node("Sub", &[a, b], stem, vec![])
     }
 
+    pub fn mul(&mut self, a: &str, b: &str, stem: &str) -> String {
+        self.node("Mul", &[a, b], stem, vec![])
+    }
+
+    /// x reshaped to `shape` (an int64 constant; 0 keeps that dimension, the batch).
+    pub fn reshape(&mut self, x: &str, shape: &str, stem: &str) -> String {
+        self.node("Reshape", &[x, shape], stem, vec![])
+    }
+
+    /// The sum over `axis`, which is dropped (opset 13's ReduceSum, axes as an input).
+    pub fn reduce_sum(&mut self, x: &str, axis: i64, stem: &str) -> String {
+        let axes = self.constant_i64("reduce_axes", &[1], &[axis]);
+        self.node(
+            "ReduceSum",
+            &[x, &axes],
+            stem,
+            vec![attr_int("keepdims", 0)],
+        )
+    }
+
     pub fn div(&mut self, a: &str, b: &str, stem: &str) -> String {
         self.node("Div", &[a, b], stem, vec![])
     }

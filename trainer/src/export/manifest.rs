@@ -63,7 +63,6 @@ pub(super) fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
     for (j, &i) in p.bundle.encoders.iter().enumerate() {
         let e = &p.contents.encoders[i];
         let m = &e.meta;
-        let head = &p.bundle.set.heads[j];
         let sl = &p.built.slices[j];
         let alpha = AlphaSummary::of(m.alpha_mode, &m.alphas).ok_or_else(|| {
             ExportError::file(&encoder_json(&p.contents.run, e), "alphas is empty")
@@ -87,8 +86,9 @@ pub(super) fn manifest(p: &ManifestParts) -> Result<Manifest, ExportError> {
                 .map(|f| to_u32(f, "fsaverage"))
                 .transpose()?,
             tap: m.tap.clone(),
+            encoder: m.encoder(),
             pooling: m.pooling,
-            feature_dim: p.built.feature_dims[head.projection],
+            feature_dim: p.built.feature_dims[j],
             pca_components: m.pca_components,
             alpha,
             cv_score: m.cv_score,

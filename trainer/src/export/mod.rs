@@ -28,7 +28,7 @@ pub use error::ExportError;
 pub use graph::{IR_VERSION, OPSET};
 pub use model::{
     build_model, compare, predict_libtorch, BuiltModel, Comparison, EncoderSet, Prediction,
-    RoiHead, TapProjection, Worst,
+    Readout, RoiHead, TapProjection, Worst,
 };
 pub use publish::{export, export_runs, ExportOptions, ExportedModel};
 pub use run::{dataset_fingerprint, load_run, Bundle, RunContents};

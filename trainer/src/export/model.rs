@@ -7,6 +7,8 @@
 //!   -> at each tap used: pool -> flatten -> Sub PCA mean -> MatMul components   (per tap)
 //!      -> MatMul [k, V_tap] ridge coefs of that tap's ROIs -> Add intercepts
 //!   -> Concat the taps' columns (-> Gather back into ROI order if taps interleave)
+//!   -> fwRF ROIs: pool -> Reshape [N, C, H*W] -> MatMul fields [H*W, V] -> Mul channel
+//!      weights [C, V] -> ReduceSum over C -> Add intercepts                (per ROI)
 //!   -> voxels [N,V];  voxels MatMul [V,R] averaging matrix -> roi_means [N,R]
 //! ```
 
@@ -21,6 +23,7 @@ use super::graph::{GraphBuilder, GraphDim};
 use crate::features::backbones::Backbone;
 use crate::features::images::{self, IMAGENET_MEAN, IMAGENET_STD};
 use crate::features::Pooling;
+use crate::model::fwrf;
 use vcl_contract::manifest::{BATCH_DIM, INPUT_NAME, ROI_MEANS_OUTPUT, VOXELS_OUTPUT};
 
 /// A tap's PCA: what every ROI encoder reading that tap projects onto.
@@ -35,16 +38,40 @@ pub struct TapProjection {
     pub components: Tensor,
 }
 
-/// One ROI encoder: a ridge map from a projection's components to the ROI's voxels.
+/// What an ROI encoder reads its voxels from.
+#[derive(Debug)]
+pub enum Readout {
+    /// Ridge on the components of `EncoderSet::projections[projection]`; `coef` [k, V].
+    Ridge { projection: usize },
+    /// fwRF on a tap's pooled maps [C, H, W]: `field` [H*W, V] (the voxels' Gaussian
+    /// fields), `coef` [C, V] the channel weights.
+    Field {
+        tap: String,
+        pooling: Pooling,
+        map: [i64; 3],
+        field: Tensor,
+    },
+}
+
+/// One ROI encoder: a linear map from its readout's features to the ROI's voxels.
 #[derive(Debug)]
 pub struct RoiHead {
     pub roi: String,
-    /// Index into `EncoderSet::projections`.
-    pub projection: usize,
-    /// float32 [k, V]
+    pub readout: Readout,
+    /// float32 [k, V] (ridge) or [C, V] (fwRF)
     pub coef: Tensor,
     /// float32 [V]
     pub intercept: Tensor,
+}
+
+impl RoiHead {
+    /// The ridge projection this head reads, if it reads one.
+    fn projection(&self) -> Option<usize> {
+        match self.readout {
+            Readout::Ridge { projection } => Some(projection),
+            Readout::Field { .. } => None,
+        }
+    }
 }
 
 /// The encoders one model computes, ROIs in output order.
@@ -63,7 +90,7 @@ pub struct BuiltModel {
     pub slices: Vec<Range<usize>>,
     /// Operator types the graph uses, sorted.
     pub op_types: Vec<String>,
-    /// Per-image feature dimension of each projection (after pooling).
+    /// Per-image feature dimension each head reads (after pooling), in head order.
     pub feature_dims: Vec<usize>,
 }
 
@@ -107,22 +134,46 @@ impl EncoderSet {
         }
         let mut vs = Vec::new();
         for h in &self.heads {
-            let k = *ks.get(h.projection).ok_or_else(|| {
-                ExportError::Invalid(format!(
-                    "ROI {} refers to projection {} of {}",
-                    h.roi,
-                    h.projection,
-                    ks.len()
-                ))
-            })?;
+            let (k, what) = match &h.readout {
+                Readout::Ridge { projection } => {
+                    let k = *ks.get(*projection).ok_or_else(|| {
+                        ExportError::Invalid(format!(
+                            "ROI {} refers to projection {projection} of {}",
+                            h.roi,
+                            ks.len()
+                        ))
+                    })?;
+                    (
+                        k,
+                        format!(
+                            "k = components of tap {}",
+                            self.projections[*projection].tap
+                        ),
+                    )
+                }
+                Readout::Field {
+                    tap, map, field, ..
+                } => {
+                    let f = field.size();
+                    let v = h.intercept.size().first().copied().unwrap_or(0);
+                    if f != [map[1] * map[2], v] {
+                        return Err(ExportError::Invalid(format!(
+                            "ROI {}: fields {f:?} should be [{}, {v}] for tap {tap}'s {map:?} maps",
+                            h.roi,
+                            map[1] * map[2]
+                        )));
+                    }
+                    (map[0], format!("channels of tap {tap}"))
+                }
+            };
             let (c, b) = (h.coef.size(), h.intercept.size());
             match (&c[..], &b[..]) {
                 (&[k2, v], &[v2]) if k2 == k && v == v2 && v > 0 => vs.push(v),
                 _ => {
                     return Err(ExportError::Invalid(format!(
                         "ROI {}: coef {c:?} and intercept {b:?} should be [{k}, V] and [V] \
-                         (k = components of tap {})",
-                        h.roi, self.projections[h.projection].tap
+                         ({what})",
+                        h.roi
                     )))
                 }
             }
@@ -133,8 +184,24 @@ impl EncoderSet {
     /// Projections some head uses, in order.
     fn used_projections(&self) -> Vec<usize> {
         (0..self.projections.len())
-            .filter(|p| self.heads.iter().any(|h| h.projection == *p))
+            .filter(|p| self.heads.iter().any(|h| h.projection() == Some(*p)))
             .collect()
+    }
+
+    /// Every tap the model reads, sorted, once each.
+    fn taps(&self) -> Vec<&str> {
+        let mut taps: Vec<&str> = self
+            .used_projections()
+            .iter()
+            .map(|&p| self.projections[p].tap.as_str())
+            .chain(self.heads.iter().filter_map(|h| match &h.readout {
+                Readout::Field { tap, .. } => Some(tap.as_str()),
+                Readout::Ridge { .. } => None,
+            }))
+            .collect();
+        taps.sort_unstable();
+        taps.dedup();
+        taps
     }
 }
 
@@ -163,12 +230,7 @@ pub fn build_model(
     let normalized = g.div(&centered, &std, "normalize/div");
 
     let used = set.used_projections();
-    let mut taps: Vec<&str> = used
-        .iter()
-        .map(|&p| set.projections[p].tap.as_str())
-        .collect();
-    taps.sort_unstable();
-    taps.dedup();
+    let taps = set.taps();
     let input = Value {
         name: normalized,
         shape: vec![3, s, s],
@@ -178,7 +240,7 @@ pub fn build_model(
     // Each head's columns in the order the per-tap branches produce them.
     let mut branch_outputs = Vec::new();
     let mut produced: Vec<usize> = Vec::new();
-    let mut feature_dims = vec![0usize; set.projections.len()];
+    let mut feature_dims = vec![0usize; set.heads.len()];
     for &p in &used {
         let proj = &set.projections[p];
         let stem = format!("encoder/{}", proj.tap);
@@ -196,7 +258,11 @@ pub fn build_model(
                 proj.tap, proj.pooling, tap.shape, cshape[0]
             )));
         }
-        feature_dims[p] = d as usize;
+        for (i, h) in set.heads.iter().enumerate() {
+            if h.projection() == Some(p) {
+                feature_dims[i] = d as usize;
+            }
+        }
         let mean_c = g.constant(&format!("{stem}/pca_mean"), &[d], &mean_v);
         let comps_c = g.constant(&format!("{stem}/pca_components"), &cshape, &comps);
         let xc = g.sub(&flat.name, &mean_c, &format!("{stem}/pca_center"));
@@ -205,7 +271,7 @@ pub fn build_model(
         // The ridge maps of every ROI on this tap, side by side: one MatMul + Add.
         let k = ks[p];
         let heads: Vec<usize> = (0..set.heads.len())
-            .filter(|&i| set.heads[i].projection == p)
+            .filter(|&i| set.heads[i].projection() == Some(p))
             .collect();
         let v_tap: i64 = heads.iter().map(|&i| vs[i]).sum();
         let mut coef = vec![0f32; (k * v_tap) as usize];
@@ -227,6 +293,50 @@ pub fn build_model(
         let icpt_c = g.constant(&format!("{stem}/ridge_intercept"), &[v_tap], &icpt);
         let y = g.matmul(&z, &coef_c, &format!("{stem}/ridge"));
         branch_outputs.push(g.add(&y, &icpt_c, &format!("{stem}/ridge_bias")));
+    }
+    for (i, h) in set.heads.iter().enumerate() {
+        let Readout::Field {
+            tap,
+            pooling,
+            map,
+            field,
+        } = &h.readout
+        else {
+            continue;
+        };
+        let stem = format!("encoder/{}/fwrf", h.roi);
+        let value = tap_values
+            .get(tap)
+            .ok_or_else(|| ExportError::Invalid(format!("tap {tap} was not emitted")))?;
+        let flat = backbone::pool_and_flatten(&mut g, value, *pooling, &stem)?;
+        if flat.numel() != map.iter().product::<i64>() {
+            return Err(ExportError::Invalid(format!(
+                "ROI {}: tap {tap} with pooling {pooling:?} gives {} features per image at \
+                 {size} px, but its fields read {map:?} maps: was the run fitted at another \
+                 input size?",
+                h.roi,
+                flat.numel()
+            )));
+        }
+        feature_dims[i] = flat.numel() as usize;
+        let v = vs[i];
+        let shape = g.constant_i64(
+            &format!("{stem}/maps_shape"),
+            &[3],
+            &[0, map[0], map[1] * map[2]],
+        );
+        let maps = g.reshape(&flat.name, &shape, &format!("{stem}/maps"));
+        let (fshape, fvals) = values(field, "fwRF fields")?;
+        let field_c = g.constant(&format!("{stem}/fields"), &fshape, &fvals);
+        let pooled = g.matmul(&maps, &field_c, &format!("{stem}/pool"));
+        let (wshape, wvals) = values(&h.coef, "fwRF channel weights")?;
+        let w_c = g.constant(&format!("{stem}/weights"), &wshape, &wvals);
+        let weighted = g.mul(&pooled, &w_c, &format!("{stem}/weigh"));
+        let y = g.reduce_sum(&weighted, 1, &format!("{stem}/channels"));
+        let (_, b) = values(&h.intercept, "fwRF intercept")?;
+        let icpt_c = g.constant(&format!("{stem}/intercept"), &[v], &b);
+        branch_outputs.push(g.add(&y, &icpt_c, &format!("{stem}/bias")));
+        produced.push(i);
     }
 
     // Output slices in head order, and where each head's columns sit in the branches.
@@ -278,7 +388,7 @@ pub fn build_model(
 
     let op_types = g.op_types();
     let doc = format!(
-        "vcl voxel encoder: {} backbone -> taps {} -> PCA -> ridge; {} ROIs, {} voxels",
+        "vcl voxel encoder: {} backbone -> taps {} -> PCA -> ridge or fwRF; {} ROIs, {} voxels",
         backbone.arch(),
         taps.join(", "),
         r,
@@ -310,23 +420,25 @@ pub fn predict_libtorch(
 ) -> Result<Prediction, ExportError> {
     set.check()?;
     let device = backbone.device();
-    let used = set.used_projections();
-    let taps: Vec<&str> = used
-        .iter()
-        .map(|&p| set.projections[p].tap.as_str())
-        .collect();
+    let taps = set.taps();
+    let pool = |out: &Tensor, pooling: Pooling| match pooling {
+        Pooling::None => out.flatten(1, -1),
+        Pooling::AdaptiveAvg { grid } => out.adaptive_avg_pool2d([grid, grid]).flatten(1, -1),
+    };
     tch::no_grad(|| {
         let x = images::normalize(&images.to_device(device).to_kind(Kind::Float));
         let outs = backbone.taps(&x, &taps, false)?;
+        let out_of = |tap: &str| {
+            taps.iter()
+                .position(|t| *t == tap)
+                .map(|i| &outs[i])
+                .ok_or_else(|| ExportError::Invalid(format!("tap {tap} was not computed")))
+        };
         let mut z = Vec::with_capacity(set.projections.len());
         z.resize_with(set.projections.len(), || None);
-        for (&p, out) in used.iter().zip(outs) {
+        for p in set.used_projections() {
             let proj = &set.projections[p];
-            let pooled = match proj.pooling {
-                Pooling::None => out,
-                Pooling::AdaptiveAvg { grid } => out.adaptive_avg_pool2d([grid, grid]),
-            };
-            let flat = pooled.flatten(1, -1);
+            let flat = pool(out_of(&proj.tap)?, proj.pooling);
             let zp =
                 (flat - proj.mean.to_device(device)).matmul(&proj.components.to_device(device));
             z[p] = Some(zp);
@@ -334,10 +446,29 @@ pub fn predict_libtorch(
         let mut cols = Vec::with_capacity(set.heads.len());
         let mut means = Vec::with_capacity(set.heads.len());
         for h in &set.heads {
-            let zp = z[h.projection]
-                .as_ref()
-                .ok_or_else(|| ExportError::Invalid(format!("no features for ROI {}", h.roi)))?;
-            let y = zp.matmul(&h.coef.to_device(device)) + h.intercept.to_device(device);
+            let (coef, icpt) = (h.coef.to_device(device), h.intercept.to_device(device));
+            let y = match &h.readout {
+                Readout::Ridge { projection } => {
+                    z[*projection]
+                        .as_ref()
+                        .ok_or_else(|| {
+                            ExportError::Invalid(format!("no features for ROI {}", h.roi))
+                        })?
+                        .matmul(&coef)
+                        + icpt
+                }
+                Readout::Field {
+                    tap,
+                    pooling,
+                    field,
+                    ..
+                } => fwrf::predict(
+                    &pool(out_of(tap)?, *pooling),
+                    &field.to_device(device),
+                    &coef,
+                    &icpt,
+                ),
+            };
             means.push(y.mean_dim(1, true, Kind::Float));
             cols.push(y);
         }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tch::Device;
 
 use super::error::ExportError;
-use super::model::{EncoderSet, RoiHead, TapProjection};
+use super::model::{EncoderSet, Readout, RoiHead, TapProjection};
 use crate::features::backbones::Backbone;
 use crate::model::encoding::evaluate::Evaluation;
 use crate::model::encoding::fit::FitRecord;
@@ -178,6 +178,20 @@ fn encoder_set(
     let mut by_file: BTreeMap<PathBuf, usize> = BTreeMap::new();
     for &i in members {
         let m = &encoders[i].meta;
+        if let Some(layout) = &m.fields {
+            set.heads.push(RoiHead {
+                roi: m.roi.clone(),
+                readout: Readout::Field {
+                    tap: m.tap.clone(),
+                    pooling: m.pooling,
+                    map: layout.map,
+                    field: layout.matrix(Device::Cpu),
+                },
+                coef: encoders[i].coef.shallow_clone(),
+                intercept: encoders[i].intercept.shallow_clone(),
+            });
+            continue;
+        }
         let projection = match by_file.get(&m.pca_file) {
             Some(&p) => {
                 let proj: &TapProjection = &set.projections[p];
@@ -211,7 +225,7 @@ fn encoder_set(
         };
         set.heads.push(RoiHead {
             roi: m.roi.clone(),
-            projection,
+            readout: Readout::Ridge { projection },
             coef: encoders[i].coef.shallow_clone(),
             intercept: encoders[i].intercept.shallow_clone(),
         });

@@ -82,6 +82,96 @@ pub fn pooling_for(map_shape: &[i64], max_dim: Option<usize>) -> Pooling {
     }
 }
 
+/// How a conv tap's map is pooled before flattening, as asked for: `vcl fit
+/// --pool-grids` makes each choice a candidate that the CV inside the training split
+/// weighs against the others (a coarse grid averages noise away when images are few).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GridChoice {
+    /// The largest grid that fits `max_dim` (the map itself if it already fits).
+    Cap,
+    /// The whole map, whatever its size.
+    Full,
+    /// Average-pooled to g x g (the map itself if it is no larger).
+    Grid(i64),
+}
+
+impl GridChoice {
+    /// The pooling this choice makes of a tap whose per-image output has `map_shape`.
+    pub fn resolve(self, map_shape: &[i64], max_dim: Option<usize>) -> Pooling {
+        match (self, map_shape) {
+            (GridChoice::Cap, _) => pooling_for(map_shape, max_dim),
+            (GridChoice::Grid(g), [_, h, w]) if g < (*h).min(*w) => {
+                Pooling::AdaptiveAvg { grid: g.max(1) }
+            }
+            _ => Pooling::None,
+        }
+    }
+
+    /// The choice that reproduces `pooling` on any map (what evaluation and export ask
+    /// for once a fit has resolved it).
+    pub fn of(pooling: Pooling) -> GridChoice {
+        match pooling {
+            Pooling::None => GridChoice::Full,
+            Pooling::AdaptiveAvg { grid } => GridChoice::Grid(grid),
+        }
+    }
+}
+
+impl std::fmt::Display for GridChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GridChoice::Cap => f.write_str("cap"),
+            GridChoice::Full => f.write_str("full"),
+            GridChoice::Grid(g) => write!(f, "{g}"),
+        }
+    }
+}
+
+impl std::str::FromStr for GridChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "cap" => Ok(GridChoice::Cap),
+            "full" => Ok(GridChoice::Full),
+            other => match other.parse::<i64>() {
+                Ok(g) if g >= 1 => Ok(GridChoice::Grid(g)),
+                _ => Err(format!(
+                    "pooling grid {other:?}: expected cap, full or a grid size of at least 1"
+                )),
+            },
+        }
+    }
+}
+
+impl serde::Serialize for GridChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GridChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One feature matrix to extract: a tap, pooled as `grid` says.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FeatureSpec {
+    pub tap: String,
+    pub grid: GridChoice,
+}
+
+impl FeatureSpec {
+    pub fn new(tap: &str, grid: GridChoice) -> FeatureSpec {
+        FeatureSpec {
+            tap: tap.to_string(),
+            grid,
+        }
+    }
+}
+
 /// Describes one tap's feature matrix.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TapInfo {
@@ -203,24 +293,26 @@ pub struct Extraction {
 }
 
 impl Extraction {
+    /// The first matrix of `tap` (of the only one, when a tap was asked for once).
     pub fn get(&self, tap: &str) -> Option<&TapFeatures> {
         self.taps.iter().find(|t| t.info.tap == tap)
     }
 }
 
-/// Features of `taps` for images `rows` of `pixels`, float32 [rows.len(), D] each.
+/// Features of `specs` for images `rows` of `pixels`, float32 [rows.len(), D] each, in
+/// the order asked (a repeated spec once).
 pub fn extract(
     backbone: &Backbone,
     pixels: &PixelCache,
     rows: &[usize],
-    taps: &[&str],
+    specs: &[FeatureSpec],
     opts: &ExtractOptions,
 ) -> Result<Extraction, BackboneError> {
-    let mut unique: Vec<&str> = Vec::new();
-    for &t in taps {
-        backbone.tap_index(t)?;
-        if !unique.contains(&t) {
-            unique.push(t);
+    let mut unique: Vec<&FeatureSpec> = Vec::new();
+    for s in specs {
+        backbone.tap_index(&s.tap)?;
+        if !unique.contains(&s) {
+            unique.push(s);
         }
     }
     if let Some(&bad) = rows.iter().find(|&&r| r >= pixels.len()) {
@@ -244,14 +336,14 @@ pub fn extract(
     };
 
     let mut done: Vec<Option<TapFeatures>> = Vec::with_capacity(unique.len());
-    for &tap in &unique {
+    for &spec in &unique {
         let cached = opts
             .cache_dir
             .as_deref()
-            .and_then(|dir| read_cached(&key.path(dir, backbone, tap), rows.len()));
+            .and_then(|dir| read_cached(&key.path(dir, backbone, spec), rows.len()));
         done.push(cached);
     }
-    let todo: Vec<&str> = unique
+    let todo: Vec<&FeatureSpec> = unique
         .iter()
         .zip(&done)
         .filter(|(_, d)| d.is_none())
@@ -262,19 +354,19 @@ pub fn extract(
     if !todo.is_empty() {
         let outputs: Vec<Output> = todo
             .iter()
-            .map(|&tap| Output {
-                tap,
+            .map(|&spec| Output {
+                spec,
                 file: opts
                     .cache_dir
                     .as_deref()
-                    .map(|dir| key.path(dir, backbone, tap)),
+                    .map(|dir| key.path(dir, backbone, spec)),
             })
             .collect();
         let computed = run(backbone, pixels, rows, &outputs, opts)?;
         images_run = rows.len();
-        for (tap, c) in todo.iter().zip(computed) {
+        for (spec, c) in todo.iter().zip(computed) {
             let info = TapInfo {
-                tap: tap.to_string(),
+                tap: spec.tap.clone(),
                 map_shape: c.map_shape,
                 pooling: c.pooling,
                 dim: c.dim,
@@ -285,7 +377,7 @@ pub fn extract(
             if let FeatureData::File(path) = &c.data {
                 write_sidecar(path, &info)?;
             }
-            if let Some(slot) = unique.iter().position(|u| u == tap) {
+            if let Some(slot) = unique.iter().position(|u| u == spec) {
                 done[slot] = Some(TapFeatures {
                     info,
                     data: c.data,
@@ -317,9 +409,10 @@ enum Sink {
     },
 }
 
-/// A tap to extract, and the cache file its rows go to (None: kept in memory).
+/// A feature matrix to extract, and the cache file its rows go to (None: kept in
+/// memory).
 struct Output<'a> {
-    tap: &'a str,
+    spec: &'a FeatureSpec,
     file: Option<PathBuf>,
 }
 
@@ -332,7 +425,12 @@ fn run(
     outputs: &[Output],
     opts: &ExtractOptions,
 ) -> Result<Vec<Computed>, BackboneError> {
-    let taps: Vec<&str> = outputs.iter().map(|o| o.tap).collect();
+    let mut taps: Vec<&str> = Vec::new();
+    for o in outputs {
+        if !taps.contains(&o.spec.tap.as_str()) {
+            taps.push(&o.spec.tap);
+        }
+    }
     let (batch_size, max_dim) = (opts.batch_size.max(1), opts.max_dim);
     let device = backbone.device();
     let n = rows.len();
@@ -351,27 +449,33 @@ fn run(
     bar.set_prefix(format!("{} features", backbone.arch()));
     let start = Instant::now();
 
-    let mut shapes: Vec<Option<(Vec<i64>, Pooling, usize)>> = vec![None; taps.len()];
-    let mut sinks: Vec<Option<Sink>> = (0..taps.len()).map(|_| None).collect();
+    // Each output reads the forward pass's result for its tap.
+    let tap_of: Vec<usize> = outputs
+        .iter()
+        .map(|o| taps.iter().position(|t| *t == o.spec.tap).unwrap_or(0))
+        .collect();
+    let mut shapes: Vec<Option<(Vec<i64>, Pooling, usize)>> = vec![None; outputs.len()];
+    let mut sinks: Vec<Option<Sink>> = (0..outputs.len()).map(|_| None).collect();
     let mut block: Vec<f32> = Vec::new();
     for chunk in rows.chunks(batch_size) {
         let x = pixels.batch(chunk, device)?;
         let outs = tch::no_grad(|| backbone.taps(&x, &taps, false))?;
-        for (i, out) in outs.into_iter().enumerate() {
+        for (i, out) in tap_of.iter().map(|&t| &outs[t]).enumerate() {
             let map_shape = out.size()[1..].to_vec();
             let (_, pooling, _) = shapes[i].get_or_insert_with(|| {
-                let pooling = pooling_for(&map_shape, max_dim);
+                let pooling = outputs[i].spec.grid.resolve(&map_shape, max_dim);
                 (map_shape, pooling, 0)
             });
-            let flat = flatten(&out, *pooling)?;
+            let flat = flatten(out, *pooling)?;
             let numel = flat.numel();
             let dim = numel / chunk.len();
             if let Some(s) = shapes[i].as_mut() {
                 s.2 = dim;
             }
             block.resize(numel, 0.0);
-            flat.f_copy_data(&mut block, numel)
-                .map_err(|e| BackboneError::Invalid(format!("copying {}: {e}", taps[i])))?;
+            flat.f_copy_data(&mut block, numel).map_err(|e| {
+                BackboneError::Invalid(format!("copying {}: {e}", outputs[i].spec.tap))
+            })?;
             let sink = match &mut sinks[i] {
                 Some(sink) => sink,
                 empty => empty.insert(open_sink(outputs[i].file.as_ref(), n, dim)?),
@@ -392,7 +496,9 @@ fn run(
         "features extracted"
     );
 
-    taps.iter()
+    outputs
+        .iter()
+        .map(|o| o.spec.tap.as_str())
         .zip(shapes.into_iter().zip(sinks))
         .map(|(tap, (shape, sink))| {
             let (Some((map_shape, pooling, dim)), Some(sink)) = (shape, sink) else {
@@ -401,7 +507,7 @@ fn run(
                 )));
             };
             if let Pooling::AdaptiveAvg { grid } = pooling {
-                tracing::info!(tap, ?map_shape, grid, dim, "pooled conv tap to fit max_dim");
+                tracing::info!(tap, ?map_shape, grid, dim, "pooled conv tap");
             }
             let data = match sink {
                 Sink::Memory(buf) => FeatureData::Memory(
@@ -470,7 +576,8 @@ struct CacheKey<'a> {
 }
 
 impl CacheKey<'_> {
-    fn path(&self, dir: &Path, backbone: &Backbone, tap: &str) -> PathBuf {
+    fn path(&self, dir: &Path, backbone: &Backbone, spec: &FeatureSpec) -> PathBuf {
+        let tap = spec.tap.as_str();
         let mut h = Sha256::new();
         h.update(FEATURES_VERSION.as_bytes());
         h.update(self.weights_hash.as_bytes());
@@ -479,6 +586,10 @@ impl CacheKey<'_> {
         h.update(tap.as_bytes());
         h.update([0u8]);
         h.update(format!("{:?}", self.max_dim).as_bytes());
+        // `cap` hashes as before, so caches written before grids were a choice stay valid.
+        if spec.grid != GridChoice::Cap {
+            h.update(format!("grid={}", spec.grid).as_bytes());
+        }
         h.update(self.pixels.path.to_string_lossy().as_bytes());
         h.update([0u8]);
         h.update(self.pixels.size.to_le_bytes());
@@ -548,6 +659,98 @@ mod tests {
         PixelCache::write(&dir.join(format!("pixels-test-{n}-{size}.npy")), &px).unwrap()
     }
 
+    fn capped(taps: &[&str]) -> Vec<FeatureSpec> {
+        taps.iter()
+            .map(|t| FeatureSpec::new(t, GridChoice::Cap))
+            .collect()
+    }
+
+    #[test]
+    fn grid_choices_parse_and_resolve() {
+        let parsed: Vec<GridChoice> = ["cap", "full", "4"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(
+            parsed,
+            [GridChoice::Cap, GridChoice::Full, GridChoice::Grid(4)]
+        );
+        for bad in ["0", "-2", "fine", ""] {
+            let e = bad.parse::<GridChoice>().unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        let json = serde_json::to_string(&parsed).unwrap();
+        assert_eq!(json, r#"["cap","full","4"]"#);
+        assert_eq!(
+            serde_json::from_str::<Vec<GridChoice>>(&json).unwrap(),
+            parsed
+        );
+        let map = [64, 15, 15];
+        assert_eq!(
+            GridChoice::Grid(4).resolve(&map, None),
+            Pooling::AdaptiveAvg { grid: 4 }
+        );
+        // A grid as large as the map is the map; vector taps are never pooled.
+        assert_eq!(GridChoice::Grid(15).resolve(&map, None), Pooling::None);
+        assert_eq!(GridChoice::Grid(2).resolve(&[1000], None), Pooling::None);
+        assert_eq!(GridChoice::Full.resolve(&map, Some(10)), Pooling::None);
+        assert_eq!(
+            GridChoice::Cap.resolve(&map, Some(10_000)),
+            pooling_for(&map, Some(10_000))
+        );
+        for p in [Pooling::None, Pooling::AdaptiveAvg { grid: 3 }] {
+            assert_eq!(GridChoice::of(p).resolve(&map, Some(10)), p);
+        }
+    }
+
+    #[test]
+    fn grids_of_one_tap_come_from_one_pass_and_are_cached_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let px = pixels(dir.path(), 4, 128);
+        let backbone = Backbone::random(Arch::AlexNet, Device::Cpu, 3);
+        let rows = [0, 1, 3];
+        let opts = ExtractOptions {
+            batch_size: 2,
+            max_dim: Some(5000),
+            cache_dir: Some(dir.path().join("features")),
+        };
+        let specs: Vec<FeatureSpec> = [GridChoice::Cap, GridChoice::Grid(2), GridChoice::Full]
+            .into_iter()
+            .map(|g| FeatureSpec::new("features.2", g))
+            .collect();
+        let got = extract(&backbone, &px, &rows, &specs, &opts).unwrap();
+        assert_eq!(got.images_run, 3, "one pass serves every grid");
+        let pools: Vec<Pooling> = got.taps.iter().map(|t| t.info.pooling).collect();
+        assert_eq!(
+            pools,
+            [
+                Pooling::AdaptiveAvg { grid: 8 },
+                Pooling::AdaptiveAvg { grid: 2 },
+                Pooling::None
+            ]
+        );
+        // The 2x2 grid is torch's pooling of the full map.
+        let full = got.taps[2].tensor().unwrap().view([3, 64, 15, 15]);
+        let want = full.adaptive_avg_pool2d([2, 2]).flatten(1, -1);
+        let diff = (got.taps[1].tensor().unwrap() - want)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+        let again = extract(&backbone, &px, &rows, &specs, &opts).unwrap();
+        assert_eq!(again.images_run, 0);
+        for (a, b) in got.taps.iter().zip(&again.taps) {
+            assert_eq!(a.info, b.info);
+            assert_ne!(a.cache_path(), None);
+        }
+        let files: std::collections::BTreeSet<_> = got
+            .taps
+            .iter()
+            .map(|t| t.cache_path().unwrap().to_path_buf())
+            .collect();
+        assert_eq!(files.len(), 3);
+    }
+
     #[test]
     fn pooling_caps_dimensions() {
         assert_eq!(pooling_for(&[64, 27, 27], None), Pooling::None);
@@ -575,7 +778,7 @@ mod tests {
             max_dim: Some(5000),
             cache_dir: Some(dir.path().join("features")),
         };
-        let taps = ["features.2", "features.12", "classifier.6"];
+        let taps = capped(&["features.2", "features.12", "classifier.6"]);
         let first = extract(&backbone, &px, &rows, &taps, &opts).unwrap();
         assert_eq!(first.images_run, 3);
         assert!(first.taps.iter().all(|t| !t.from_cache));
@@ -671,9 +874,9 @@ mod tests {
         let px = pixels(dir.path(), 2, 128);
         let backbone = Backbone::random(Arch::MobileNetV2, Device::Cpu, 1);
         let opts = ExtractOptions::default();
-        let e = extract(&backbone, &px, &[2], &["avgpool"], &opts).unwrap_err();
+        let e = extract(&backbone, &px, &[2], &capped(&["avgpool"]), &opts).unwrap_err();
         assert!(e.to_string().contains("row 2"), "{e}");
-        let e = extract(&backbone, &px, &[0], &["fc"], &opts).unwrap_err();
+        let e = extract(&backbone, &px, &[0], &capped(&["fc"]), &opts).unwrap_err();
         assert!(e.to_string().contains("features.18"), "{e}");
     }
 }

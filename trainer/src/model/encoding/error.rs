@@ -16,6 +16,8 @@ pub enum EncodingError {
     Ridge(#[from] RidgeError),
     #[error(transparent)]
     Plot(#[from] PlotError),
+    #[error(transparent)]
+    Fwrf(#[from] crate::model::fwrf::FwrfError),
     #[error("libtorch failed on {what}: {source}")]
     Tch {
         what: String,

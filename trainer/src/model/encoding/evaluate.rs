@@ -12,7 +12,8 @@ use super::error::{EncodingError, Result};
 use super::fit::{self, index_tensor, FitRecord};
 use super::metrics::{self, RoiScores};
 use super::store::{self, FitConfig, StoredEncoder};
-use crate::features::images;
+use crate::features::{images, FeatureSpec, GridChoice};
+use crate::model::fwrf;
 use crate::stages::Stages;
 use crate::{model::ridge, report::plots};
 use vcl_dataset::algonauts::{split, Dataset, Hemisphere, Subject};
@@ -99,37 +100,50 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
             cfg.split_seed,
         );
         let n_held = sp.heldout.len();
-        let mut taps: Vec<String> = encs.iter().map(|e| e.meta.tap.clone()).collect();
-        taps.sort();
-        taps.dedup();
+        // Each encoder's tap pooled exactly as its fit resolved it.
+        let spec_of = |m: &store::EncoderMeta| FeatureSpec::new(&m.tap, GridChoice::of(m.pooling));
+        let mut specs: Vec<FeatureSpec> = encs.iter().map(|e| spec_of(&e.meta)).collect();
+        specs.sort();
+        specs.dedup();
         let request = fit::FeatureRequest {
             subject: &subject,
             rows: &sp.heldout,
-            taps: &taps,
+            specs: &specs,
         };
         let feats = fit::subject_features(cfg, &backbone, &request, cache_dir, &mut stages)?;
         stages.time("evaluation", || -> Result<()> {
-            let mut z_held: BTreeMap<String, Tensor> = BTreeMap::new();
-            for tf in &feats {
-                let enc = encs
+            // What each encoder's readout reads: PCA scores (keyed by the PCA file,
+            // shared by the ROIs of a tap) or, for fwRF, the pooled maps (keyed by tap).
+            let mut z_held: BTreeMap<PathBuf, Tensor> = BTreeMap::new();
+            let mut maps_held: BTreeMap<FeatureSpec, Tensor> = BTreeMap::new();
+            for (spec, tf) in specs.iter().zip(&feats) {
+                if encs
                     .iter()
-                    .find(|e| e.meta.tap == tf.info.tap)
-                    .ok_or_else(|| EncodingError::Invalid("tap".into()))?;
-                let pca = store::load_pca(run, &enc.meta.pca_file)?;
-                let x = tf.tensor()?.to_device(device);
-                if x.size()[1] != pca.mean.size()[0] {
-                    return Err(EncodingError::file(
-                        &run.join(&enc.meta.pca_file),
-                        format!(
-                            "PCA expects {} features but tap {} gives {}",
-                            pca.mean.size()[0],
-                            tf.info.tap,
-                            x.size()[1]
-                        ),
-                    ));
+                    .any(|e| spec_of(&e.meta) == *spec && e.meta.fields.is_some())
+                {
+                    maps_held.insert(spec.clone(), tf.tensor()?.to_device(device));
                 }
-                let z = (x - pca.mean.to_device(device)).matmul(&pca.components.to_device(device));
-                z_held.insert(tf.info.tap.clone(), z);
+                for enc in encs.iter().filter(|e| spec_of(&e.meta) == *spec) {
+                    if enc.meta.fields.is_some() || z_held.contains_key(&enc.meta.pca_file) {
+                        continue;
+                    }
+                    let pca = store::load_pca(run, &enc.meta.pca_file)?;
+                    let x = tf.tensor()?.to_device(device);
+                    if x.size()[1] != pca.mean.size()[0] {
+                        return Err(EncodingError::file(
+                            &run.join(&enc.meta.pca_file),
+                            format!(
+                                "PCA expects {} features but tap {} gives {}",
+                                pca.mean.size()[0],
+                                tf.info.tap,
+                                x.size()[1]
+                            ),
+                        ));
+                    }
+                    let z =
+                        (x - pca.mean.to_device(device)).matmul(&pca.components.to_device(device));
+                    z_held.insert(enc.meta.pca_file.clone(), z);
+                }
             }
             let held_idx = index_tensor(&sp.heldout, Device::Cpu);
             let mut cache: BTreeMap<Hemisphere, HeldOut> = BTreeMap::new();
@@ -149,8 +163,19 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
                 };
                 let (y, nc, truth) = (&held.y, &held.nc, &held.truth);
                 let cols = index_tensor(&m.vertices, Device::Cpu);
-                let z = &z_held[&m.tap];
-                let pred = z.matmul(&enc.coef.to_device(device)) + enc.intercept.to_device(device);
+                let (coef, icpt) = (enc.coef.to_device(device), enc.intercept.to_device(device));
+                let pred = if let Some(layout) = &m.fields {
+                    let maps = maps_held.get(&spec_of(m)).ok_or_else(|| {
+                        EncodingError::Invalid(format!("no maps of tap {} for {}", m.tap, m.roi))
+                    })?;
+                    check_maps(maps, layout, m)?;
+                    fwrf::predict(maps, &layout.matrix(device), &coef, &icpt)
+                } else {
+                    let z = z_held.get(&m.pca_file).ok_or_else(|| {
+                        EncodingError::file(&run.join(&m.pca_file), "no features for this PCA")
+                    })?;
+                    z.matmul(&coef) + icpt
+                };
                 let r = tensor_to_vec(&ridge::pearson_columns(
                     &pred,
                     &y.index_select(1, &cols).to_device(device),
@@ -203,6 +228,23 @@ pub fn evaluate(run: &Path, cache_dir: &Path, device: Device) -> Result<Evaluati
     };
     write_report(run, &eval, &scatter)?;
     Ok(eval)
+}
+
+/// The held-out maps must be the ones the fields were fitted on.
+fn check_maps(maps: &Tensor, layout: &fwrf::FieldLayout, m: &store::EncoderMeta) -> Result<()> {
+    let want: i64 = layout.map.iter().product();
+    if maps.size()[1] != want {
+        return Err(EncodingError::Invalid(format!(
+            "{} {} {}: tap {} gives {} features per image, but the fields read {:?} maps",
+            m.subject,
+            m.hemisphere,
+            m.roi,
+            m.tap,
+            maps.size()[1],
+            layout.map
+        )));
+    }
+    Ok(())
 }
 
 fn opt(v: Option<f32>, digits: usize) -> String {

@@ -18,7 +18,7 @@ use super::error::{EncodingError, Result};
 use crate::features::backbones::Arch;
 use crate::features::Pooling;
 use crate::model::ridge;
-pub use vcl_contract::manifest::Method;
+pub use vcl_contract::manifest::{Encoder, Method};
 use vcl_dataset::algonauts::Hemisphere;
 
 /// How alphas are chosen: per voxel (himalaya's local alpha) or one per ROI (the
@@ -78,8 +78,28 @@ pub struct FitConfig {
     /// Conv taps with more values per image are average-pooled to a coarser grid.
     #[arg(long, default_value = "16384")]
     pub max_feature_dim: Option<usize>,
+    /// Pooling grids each conv tap is tried at (cap: the largest that fits
+    /// --max-feature-dim; full: the whole map; g: average-pooled to g x g, e.g.
+    /// 1,2,4,8,cap): every (tap, grid) is a candidate of the CV that picks the tap.
+    #[arg(long, value_delimiter = ',', default_value = "cap")]
+    #[serde(default = "default_pool_grids")]
+    pub pool_grids: Vec<crate::features::GridChoice>,
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// What reads each ROI's voxels off a tap: PCA + ridge (the paper's), or a
+    /// feature-weighted receptive field per voxel (fwrf: a Gaussian pooling field on a
+    /// conv tap's maps, position and size chosen by CV, then ridge over the channels).
+    #[arg(long, value_enum, default_value = "pca-ridge")]
+    #[serde(default)]
+    pub encoder: Encoder,
+    /// fwrf: field centres on an n x n lattice over the image.
+    #[arg(long, default_value_t = 12)]
+    #[serde(default = "default_fwrf_positions")]
+    pub fwrf_positions: usize,
+    /// fwrf: field sizes (Gaussian sd as a fraction of the image side).
+    #[arg(long, value_delimiter = ',', default_values_t = default_fwrf_sizes())]
+    #[serde(default = "default_fwrf_sizes")]
+    pub fwrf_sizes: Vec<f64>,
     /// How the backbone was trained (untuned, cl, regression, pooled): the manifest's
     /// provenance.
     #[arg(long, value_enum, default_value = "untuned")]
@@ -88,6 +108,18 @@ pub struct FitConfig {
     #[arg(long)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+}
+
+fn default_fwrf_positions() -> usize {
+    12
+}
+
+fn default_fwrf_sizes() -> Vec<f64> {
+    vec![0.02, 0.04, 0.08, 0.16, 0.32]
+}
+
+fn default_pool_grids() -> Vec<crate::features::GridChoice> {
+    vec![crate::features::GridChoice::Cap]
 }
 
 impl FitConfig {
@@ -142,9 +174,14 @@ pub struct EncoderMeta {
     pub pooling: Pooling,
     pub feature_dim: usize,
     pub input_size: u32,
-    /// Relative to the run directory.
+    /// Relative to the run directory (empty for an fwRF encoder).
     pub pca_file: PathBuf,
+    /// 0 for an fwRF encoder.
     pub pca_components: usize,
+    /// An fwRF encoder's maps and per-voxel fields; its `coef` is then the channel
+    /// weights [C, V]. Absent: PCA + ridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<crate::model::fwrf::FieldLayout>,
     pub alpha_mode: AlphaMode,
     /// The alpha of each voxel.
     pub alphas: Vec<f64>,
@@ -155,6 +192,17 @@ pub struct EncoderMeta {
     pub heldout_fraction: f64,
     pub n_train_images: usize,
     pub method: String,
+}
+
+impl EncoderMeta {
+    /// What reads the voxels off the tap.
+    pub fn encoder(&self) -> Encoder {
+        if self.fields.is_some() {
+            Encoder::Fwrf
+        } else {
+            Encoder::PcaRidge
+        }
+    }
 }
 
 /// A stored PCA.
@@ -331,13 +379,29 @@ pub fn load_encoders(run: &Path) -> Result<Vec<StoredEncoder>> {
         let coef = t
             .pop()
             .ok_or_else(|| EncodingError::Invalid("coef".into()))?;
-        if coef.size() != [meta.pca_components as i64, meta.vertices.len() as i64] {
+        // Ridge coefficients per PCA component, or fwRF channel weights per channel.
+        let rows = match &meta.fields {
+            Some(layout) => {
+                if layout.fields.len() != meta.vertices.len() {
+                    return Err(EncodingError::file(
+                        &path,
+                        format!(
+                            "{} fields for {} vertices",
+                            layout.fields.len(),
+                            meta.vertices.len()
+                        ),
+                    ));
+                }
+                layout.map[0]
+            }
+            None => meta.pca_components as i64,
+        };
+        if coef.size() != [rows, meta.vertices.len() as i64] {
             return Err(EncodingError::file(
                 &path,
                 format!(
-                    "coef has shape {:?}, expected [{}, {}]",
+                    "coef has shape {:?}, expected [{rows}, {}]",
                     coef.size(),
-                    meta.pca_components,
                     meta.vertices.len()
                 ),
             ));
