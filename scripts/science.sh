@@ -15,7 +15,9 @@
 # (default "cl regression"). With SCIENCE_GRIDS=1 every backbone of the table (untuned and
 # each tuned one) is fitted again with the pooling grid a CV choice beside the tap
 # (SCIENCE_GRID_LIST, default 1,2,4,8,cap) and compared with the cap-only fits
-# (reference: cl-grids).
+# (reference: cl-grids). With SCIENCE_FWRF=1 the same backbones are fitted with the fwRF
+# encoder (per-voxel Gaussian pooling field on a conv tap, ridge over channels) and
+# compared with the PCA + ridge fits (reference: cl-fwrf).
 #
 #   scripts/science.sh                 (about 35 min on 2 cores; +15 min with recipes)
 #   SCIENCE_SIZE=128 SCIENCE_OUT=runs/science SCIENCE_RECIPES=1 scripts/science.sh
@@ -100,6 +102,26 @@ if [[ "${SCIENCE_GRIDS:-0}" == 1 ]]; then
   done
   $VCL compare "${GRID_RUNS[@]}" --reference cl-grids --out "$OUT/grids"
   log "pooling grids: $OUT/grids/comparison.md"
+fi
+
+if [[ "${SCIENCE_FWRF:-0}" == 1 ]]; then
+  FWRF_RUNS=("${RUNS[@]}")
+  [[ -f "$OUT/untuned-fwrf/evaluation/results.json" ]] || {
+    log "untuned fit with the fwRF encoder"
+    $VCL fit --data "$DATA" --subjects "$UNTUNED_SUBJECTS" --hemispheres lh --rois "$FIT_ROIS" \
+      --input-size "$SIZE" --method untuned --label untuned-fwrf --encoder fwrf \
+      --out "$OUT/untuned-fwrf" --evaluate
+  }
+  FWRF_RUNS+=("$OUT/untuned-fwrf")
+  for s in $SUBJECTS; do
+    sub="subj$(printf %02d "$s")"
+    for m in ${SCIENCE_METHODS:-cl regression}; do
+      [[ -f "$OUT/$m-fwrf-fit-$sub/evaluation/results.json" ]] || fit "$m-fwrf" "$s" "$OUT/$m-$sub/backbone.safetensors" "$OUT/$m-fwrf-fit-$sub" --encoder fwrf
+      FWRF_RUNS+=("$OUT/$m-fwrf-fit-$sub")
+    done
+  done
+  $VCL compare "${FWRF_RUNS[@]}" --reference cl-fwrf --out "$OUT/fwrf"
+  log "fwRF: $OUT/fwrf/comparison.md"
 fi
 
 if [[ "${SCIENCE_RECIPES:-0}" == 1 ]]; then

@@ -24,6 +24,7 @@ pub mod preset;
 pub(crate) mod rng;
 pub mod stimuli;
 pub mod teacher;
+pub mod truth;
 
 #[cfg(test)]
 mod tests;

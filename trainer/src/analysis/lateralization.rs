@@ -90,6 +90,148 @@ pub struct ModelLaterality {
     pub hirescam_ud: f64,
     /// The overlay PNG, relative to the output folder.
     pub overlay: PathBuf,
+    /// fwRF encoders: where their fields are, read directly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<FieldSummary>,
+}
+
+/// Where an fwRF encoder's voxels look: its fields' centres on the image (the visual
+/// field as seen), and, on the in-silico brain, how far they are from the true pRFs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FieldSummary {
+    pub voxels: usize,
+    /// (right - left) / voxels: voxels whose field centre is right of the image's
+    /// middle, minus those left of it.
+    pub lr: f64,
+    /// (upper - lower) / voxels.
+    pub ud: f64,
+    /// Median field sd, as a fraction of the image side.
+    pub median_size: f64,
+    pub truth: Option<FieldTruth>,
+    /// Per voxel: vertex, fitted and true centre and size (CSV), relative to the output
+    /// folder.
+    pub table: PathBuf,
+}
+
+/// Fitted fields against the generator's pRFs (voxels that have one).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FieldTruth {
+    pub voxels: usize,
+    /// Median distance between fitted and true centres, as a fraction of the image side.
+    pub median_error: f64,
+    /// Pearson r across voxels of fitted and true centre x, and y.
+    pub r_x: f64,
+    pub r_y: f64,
+    /// The true pRFs' (right - left) / voxels and (upper - lower) / voxels.
+    pub lr: f64,
+    pub ud: f64,
+}
+
+fn side_index(values: impl Iterator<Item = f64>) -> f64 {
+    let (mut pos, mut neg, mut n) = (0.0, 0.0, 0.0);
+    for v in values {
+        n += 1.0;
+        if v > 0.5 {
+            pos += 1.0;
+        } else if v < 0.5 {
+            neg += 1.0;
+        }
+    }
+    if n == 0.0 {
+        f64::NAN
+    } else {
+        (pos - neg) / n
+    }
+}
+
+fn pearson(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt().max(1e-300)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        0.5 * (v[m - 1] + v[m])
+    }
+}
+
+/// An fwRF encoder's fields summarized, its per-voxel table written under `out`, and
+/// the (fitted, true) centre pairs for the run's scatter plot.
+fn field_summary(
+    out: &Path,
+    meta: &store::EncoderMeta,
+    truth: Option<&[Option<vcl_dataset::synth::Prf>]>,
+    pairs: &mut Vec<((f64, f64), (f64, f64))>,
+) -> Result<Option<FieldSummary>> {
+    let Some(layout) = &meta.fields else {
+        return Ok(None);
+    };
+    let f = &layout.fields;
+    let mut csv = String::from("vertex,x,y,size,true_x,true_y,true_size\n");
+    let (mut fx, mut fy, mut tx, mut ty, mut err) = (vec![], vec![], vec![], vec![], vec![]);
+    for (field, &v) in f.iter().zip(&meta.vertices) {
+        let prf = truth.and_then(|t| t.get(v).copied().flatten());
+        let (t_x, t_y, t_s) = match prf {
+            Some(p) => {
+                let (x, y) = p.centre_norm();
+                (x.to_string(), y.to_string(), p.sigma_norm().to_string())
+            }
+            None => (String::new(), String::new(), String::new()),
+        };
+        let _ = writeln!(
+            csv,
+            "{v},{},{},{},{t_x},{t_y},{t_s}",
+            field.x, field.y, field.size
+        );
+        if let Some(p) = prf {
+            let (x, y) = p.centre_norm();
+            fx.push(field.x as f64);
+            fy.push(field.y as f64);
+            tx.push(x as f64);
+            ty.push(y as f64);
+            err.push(((field.x - x) as f64).hypot((field.y - y) as f64));
+            pairs.push(((field.x as f64, x as f64), (field.y as f64, y as f64)));
+        }
+    }
+    let table = PathBuf::from("fields").join(format!(
+        "{}_{}_{}.csv",
+        meta.subject,
+        meta.hemisphere.prefix(),
+        store::safe_name(&meta.roi)
+    ));
+    let path = out.join(&table);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| EncodingError::file(dir, e))?;
+    }
+    std::fs::write(&path, csv).map_err(|e| EncodingError::file(&path, e))?;
+    let truth = (!tx.is_empty()).then(|| FieldTruth {
+        voxels: tx.len(),
+        median_error: median(err),
+        r_x: pearson(&fx, &tx),
+        r_y: pearson(&fy, &ty),
+        lr: side_index(tx.iter().copied()),
+        ud: -side_index(ty.iter().copied()),
+    });
+    Ok(Some(FieldSummary {
+        voxels: f.len(),
+        lr: side_index(f.iter().map(|c| c.x as f64)),
+        // Image rows grow downwards: upper is y < 0.5.
+        ud: -side_index(f.iter().map(|c| c.y as f64)),
+        median_size: median(f.iter().map(|c| c.size as f64).collect()),
+        truth,
+        table,
+    }))
 }
 
 /// Per image of non-negative maps [N, H, W]: ((R - L) / total, (U - D) / total).
@@ -138,6 +280,11 @@ pub fn lateralization(cfg: &LateralizationConfig, device: Device) -> Result<Vec<
     let ds = Dataset::open(&fit_cfg.data_dir)?;
     let mut results = Vec::new();
     let mut subject_images: Option<(String, Tensor)> = None;
+    let mut truths: std::collections::BTreeMap<
+        (String, Hemisphere),
+        Option<Vec<Option<vcl_dataset::synth::Prf>>>,
+    > = std::collections::BTreeMap::new();
+    let mut pairs = Vec::new();
     for e in &models.encoders {
         let x = match &subject_images {
             Some((s, x)) if *s == e.meta.subject => x.shallow_clone(),
@@ -186,6 +333,17 @@ pub fn lateralization(cfg: &LateralizationConfig, device: Device) -> Result<Vec<
         if let Some((xb, maps)) = &first {
             saliency::write_overlays(&cfg.out.join(&overlay), xb, maps, cfg.overlays)?;
         }
+        let fields = if e.meta.fields.is_some() {
+            let key = (e.meta.subject.clone(), e.meta.hemisphere);
+            if !truths.contains_key(&key) {
+                let t = vcl_dataset::synth::truth::prfs(&fit_cfg.data_dir, &key.0, key.1)?;
+                truths.insert(key.clone(), t);
+            }
+            let truth = truths.get(&key).and_then(|t| t.as_deref());
+            field_summary(&cfg.out, &e.meta, truth, &mut pairs)?
+        } else {
+            None
+        };
         let m = mean(&g_lr);
         let agree = g_lr.iter().filter(|v| v.signum() == m.signum()).count() as f64
             / g_lr.len().max(1) as f64;
@@ -207,6 +365,7 @@ pub fn lateralization(cfg: &LateralizationConfig, device: Device) -> Result<Vec<
             gradcam_ud: mean(&c_ud),
             hirescam_ud: mean(&h_ud),
             overlay,
+            fields,
         };
         tracing::info!(
             model = %e.label(),
@@ -219,6 +378,27 @@ pub fn lateralization(cfg: &LateralizationConfig, device: Device) -> Result<Vec<
         results.push(r);
     }
     write(&cfg.out, &results)?;
+    if !pairs.is_empty() {
+        plots::scatter(
+            &cfg.out.join("fields_vs_prf.png"),
+            "fwRF field centres against the true pRF centres",
+            (
+                "true centre (fraction of the image side)",
+                "fitted field centre",
+            ),
+            &[
+                (
+                    "x".to_string(),
+                    pairs.iter().map(|p| (p.0 .1, p.0 .0)).collect(),
+                ),
+                (
+                    "y".to_string(),
+                    pairs.iter().map(|p| (p.1 .1, p.1 .0)).collect(),
+                ),
+            ],
+            true,
+        )?;
+    }
     Ok(results)
 }
 
@@ -272,6 +452,30 @@ fn write(out: &Path, results: &[ModelLaterality]) -> Result<()> {
             r.images,
             md_values.join(" | ")
         );
+    }
+    if results.iter().any(|r| r.fields.is_some()) {
+        md.push_str("\nfwRF encoders, read from their fields: L/R = (voxels whose field centre is right of the middle - left of it) / voxels, U/D likewise upper - lower; on the in-silico brain, the same indices of the true pRF centres, the median distance between fitted and true centres and the correlation of their x and y across voxels (fractions of the image side).\n\n| model | voxels | L/R fields | U/D fields | median size | L/R true | U/D true | median centre error | r x | r y |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for r in results {
+            let Some(f) = &r.fields else { continue };
+            let truth = match &f.truth {
+                Some(t) => format!(
+                    "{:+.3} | {:+.3} | {:.3} | {:.3} | {:.3}",
+                    t.lr, t.ud, t.median_error, t.r_x, t.r_y
+                ),
+                None => "- | - | - | - | -".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} {} {} | {} | {:+.3} | {:+.3} | {:.3} | {truth} |",
+                r.subject,
+                r.hemisphere.prefix(),
+                r.roi,
+                f.voxels,
+                f.lr,
+                f.ud,
+                f.median_size
+            );
+        }
     }
     let csv_path = out.join("lateralization.csv");
     std::fs::write(&csv_path, csv).map_err(|e| EncodingError::file(&csv_path, e))?;
