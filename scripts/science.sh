@@ -17,13 +17,25 @@
 # (SCIENCE_GRID_LIST, default 1,2,4,8,cap) and compared with the cap-only fits
 # (reference: cl-grids). With SCIENCE_FWRF=1 the same backbones are fitted with the fwRF
 # encoder (per-voxel Gaussian pooling field on a conv tap, ridge over channels) and
-# compared with the PCA + ridge fits (reference: cl-fwrf).
+# compared with the PCA + ridge fits (reference: cl-fwrf), on the conv taps of
+# SCIENCE_FWRF_TAPS (default features.3,6,10,13,16: each field's ridge costs C^2, and the
+# last taps' 320 and 1280 channels would take most of the time).
+#
+# With SCIENCE_SPATIAL=1 each subject's backbone is also tuned with CL heads on a tap
+# (SCIENCE_SPATIAL_TAP, default features.10) read two ways, averaged over space and
+# through a learned spatial mask per unit (--image-readout spatial), and compared with
+# the logits heads (reference: cl-spatial).
+# With --curve (or SCIENCE_CURVE=1) it also tunes and fits every method on nested subsets
+# of each subject's training images (SCIENCE_CURVE_SIZES, default "200 400"; the full
+# training part is the main table's point) and writes the data-size curve (`vcl curve`).
 #
 #   scripts/science.sh                 (about 35 min on 2 cores; +15 min with recipes)
+#   scripts/science.sh --curve         (about 45 min more, with regression)
 #   SCIENCE_SIZE=128 SCIENCE_OUT=runs/science SCIENCE_RECIPES=1 scripts/science.sh
 #   SCIENCE_AUTO=1 SCIENCE_METHODS=cl scripts/science.sh     (about 40 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[[ "${1:-}" != --curve ]] || SCIENCE_CURVE=1
 source scripts/env.sh
 DATA="${SCIENCE_DATA:-data/demo}"
 OUT="${SCIENCE_OUT:-runs/science}"
@@ -106,22 +118,63 @@ fi
 
 if [[ "${SCIENCE_FWRF:-0}" == 1 ]]; then
   FWRF_RUNS=("${RUNS[@]}")
+  FWRF_TAPS="${SCIENCE_FWRF_TAPS:-features.3,features.6,features.10,features.13,features.16}"
   [[ -f "$OUT/untuned-fwrf/evaluation/results.json" ]] || {
     log "untuned fit with the fwRF encoder"
     $VCL fit --data "$DATA" --subjects "$UNTUNED_SUBJECTS" --hemispheres lh --rois "$FIT_ROIS" \
-      --input-size "$SIZE" --method untuned --label untuned-fwrf --encoder fwrf \
+      --input-size "$SIZE" --method untuned --label untuned-fwrf --encoder fwrf --taps "$FWRF_TAPS" \
       --out "$OUT/untuned-fwrf" --evaluate
   }
   FWRF_RUNS+=("$OUT/untuned-fwrf")
   for s in $SUBJECTS; do
     sub="subj$(printf %02d "$s")"
     for m in ${SCIENCE_METHODS:-cl regression}; do
-      [[ -f "$OUT/$m-fwrf-fit-$sub/evaluation/results.json" ]] || fit "$m-fwrf" "$s" "$OUT/$m-$sub/backbone.safetensors" "$OUT/$m-fwrf-fit-$sub" --encoder fwrf
+      [[ -f "$OUT/$m-fwrf-fit-$sub/evaluation/results.json" ]] || fit "$m-fwrf" "$s" "$OUT/$m-$sub/backbone.safetensors" "$OUT/$m-fwrf-fit-$sub" --encoder fwrf --taps "$FWRF_TAPS"
       FWRF_RUNS+=("$OUT/$m-fwrf-fit-$sub")
     done
   done
   $VCL compare "${FWRF_RUNS[@]}" --reference cl-fwrf --out "$OUT/fwrf"
   log "fwRF: $OUT/fwrf/comparison.md"
+fi
+
+if [[ "${SCIENCE_SPATIAL:-0}" == 1 ]]; then
+  TAP="${SCIENCE_SPATIAL_TAP:-features.10}"
+  SPATIAL_RUNS=("${RUNS[@]}")
+  for s in $SUBJECTS; do
+    sub="subj$(printf %02d "$s")"
+    for r in mean spatial; do
+      label="cl-$r"; [[ "$r" == mean ]] && label=cl-tapmean
+      log "CL heads on $TAP ($r) on $sub"
+      tune cl "$s" "$OUT/$label-$sub" --image-tap "$TAP" --image-readout "$r"
+      [[ -f "$OUT/$label-fit-$sub/evaluation/results.json" ]] || fit "$label" "$s" "$OUT/$label-$sub/backbone.safetensors" "$OUT/$label-fit-$sub"
+      SPATIAL_RUNS+=("$OUT/$label-fit-$sub")
+    done
+  done
+  $VCL compare "${SPATIAL_RUNS[@]}" --reference cl-spatial --out "$OUT/spatial"
+  log "spatial heads: $OUT/spatial/comparison.md"
+fi
+
+if [[ "${SCIENCE_CURVE:-0}" == 1 ]]; then
+  CURVE_RUNS=("${RUNS[@]}")
+  for n in ${SCIENCE_CURVE_SIZES:-200 400}; do
+    [[ -f "$OUT/curve/untuned-$n/evaluation/results.json" ]] || {
+      log "untuned fit on $n training images"
+      $VCL fit --data "$DATA" --subjects "$UNTUNED_SUBJECTS" --hemispheres lh --rois "$FIT_ROIS" \
+        --input-size "$SIZE" --method untuned --train-images "$n" --out "$OUT/curve/untuned-$n" --evaluate
+    }
+    CURVE_RUNS+=("$OUT/curve/untuned-$n")
+    for s in $SUBJECTS; do
+      sub="subj$(printf %02d "$s")"
+      for m in ${SCIENCE_METHODS:-cl regression}; do
+        log "$m on $sub, $n training images"
+        tune "$m" "$s" "$OUT/curve/$m-$n-$sub" --train-images "$n"
+        [[ -f "$OUT/curve/$m-fit-$n-$sub/evaluation/results.json" ]] || fit "$m" "$s" "$OUT/curve/$m-$n-$sub/backbone.safetensors" "$OUT/curve/$m-fit-$n-$sub" --train-images "$n"
+        CURVE_RUNS+=("$OUT/curve/$m-fit-$n-$sub")
+      done
+    done
+  done
+  $VCL curve "${CURVE_RUNS[@]}" --out "$OUT/curve"
+  log "data-size curve: $OUT/curve/curve.md"
 fi
 
 if [[ "${SCIENCE_RECIPES:-0}" == 1 ]]; then

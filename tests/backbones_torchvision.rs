@@ -14,7 +14,7 @@ use vcl_dataset::{npy, paths};
 use vcl_tests::{python, run_python};
 use vcl_trainer::features::backbones::{Arch, Backbone, BackboneError, Device};
 use vcl_trainer::features::images::{self, PixelCache, IMAGENET_MEAN, IMAGENET_STD};
-use vcl_trainer::features::{extract, ExtractOptions};
+use vcl_trainer::features::{extract, ExtractOptions, FeatureSpec, GridChoice};
 
 const PHOTOS: [&str; 4] = ["chelsea.png", "astronaut.png", "coffee.png", "rocket.jpg"];
 /// ImageNet's cat classes (tabby, tiger cat, Persian, Siamese, Egyptian cat).
@@ -131,7 +131,12 @@ fn compare_taps(backbone: &Backbone, pixels: &PixelCache, out: &Path, rel_tol: f
         batch_size: rows.len(),
         ..ExtractOptions::default()
     };
-    let ours = extract(backbone, pixels, &rows, arch.taps(), &opts).unwrap();
+    let specs: Vec<FeatureSpec> = arch
+        .taps()
+        .iter()
+        .map(|t| FeatureSpec::new(t, GridChoice::Cap))
+        .collect();
+    let ours = extract(backbone, pixels, &rows, &specs, &opts).unwrap();
     for tap in arch.taps() {
         let theirs = npy::read_f32_2d(&out.join(format!("{tap}.npy"))).unwrap();
         let (d, m) = max_diff(&ours.get(tap).unwrap().array().unwrap(), &theirs);
@@ -198,7 +203,7 @@ fn imagenet_mobilenet_v2_matches_torchvision_on_photos() {
         &backbone,
         &pixels,
         &rows,
-        &["classifier.1"],
+        &[FeatureSpec::new("classifier.1", GridChoice::Cap)],
         &ExtractOptions::default(),
     )
     .unwrap();

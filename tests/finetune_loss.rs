@@ -68,7 +68,7 @@ fn one_step_changes_the_first_convolution() {
     let heads = ContrastiveHeads::new(
         &vs.root(),
         &dims,
-        IMAGENET_CLASSES,
+        vcl_trainer::model::finetune::ImageShape::vector(IMAGENET_CLASSES),
         &["subj01".to_string()],
         // The paper's loss (tau 0.3, image-anchored, fixed temperature), seed 0.
         &FinetuneConfig::new(

@@ -206,6 +206,65 @@ fn contrastive_heads_on_a_tap_tune_only_the_layers_before_it() {
     assert!(e.contains("features.99") && e.contains("valid taps"), "{e}");
 }
 
+/// `--image-readout spatial`: CL and regression heads read the tap's maps through a
+/// learned mask per unit, micro-batched too; the masks move off uniform; the MI
+/// analysis rebuilds the same heads; the logits, which have no space, are refused.
+#[test]
+fn spatial_readout_heads_learn_masks_on_the_tap_maps() {
+    use vcl_trainer::model::finetune::ImageReadout;
+    let cache = tempfile::tempdir().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let mut cfg = common::small_config(Objective::Cl, &["subj01"], 2);
+    cfg.batch_size = 16;
+    cfg.micro_batch = Some(8);
+    cfg.image_tap = Some("features.6".into());
+    cfg.image_readout = ImageReadout::Spatial;
+    let s = finetune::finetune(&cfg, run.path(), false, cache.path(), Device::Cpu).unwrap();
+    assert!(s.completed && s.history.iter().all(|r| r.train_loss.is_finite()));
+    let l =
+        finetune::checkpoint::read(&run.path().join("checkpoints/epoch-0002.safetensors")).unwrap();
+    let h = s.dims.as_ref().expect("CL has dims").h;
+    // features.6 at the suite's 64 px is 32 x 8 x 8: one mask over 64 places per unit.
+    let masks = &l.tensors["heads.image_map.masks"];
+    assert_eq!(masks.size(), vec![h, 64]);
+    assert_eq!(l.tensors["heads.image_map.weight"].size(), vec![h, 32]);
+    assert!(
+        masks.abs().max().double_value(&[]) > 0.0,
+        "the masks never moved"
+    );
+    let mi = vcl_trainer::analysis::mi(
+        &vcl_trainer::analysis::MiConfig {
+            runs: vec![run.path().to_path_buf()],
+            out: run.path().join("mi"),
+        },
+        cache.path(),
+        Device::Cpu,
+    )
+    .expect("the MI bound of a spatial-readout run");
+    assert!(
+        !mi.is_empty() && mi.iter().all(|r| r.bound_nats.is_finite()),
+        "{mi:?}"
+    );
+
+    let mut regression = cfg.clone();
+    regression.method = Objective::Regression;
+    regression.epochs = Some(1);
+    let other = tempfile::tempdir().unwrap();
+    let r =
+        finetune::finetune(&regression, other.path(), false, cache.path(), Device::Cpu).unwrap();
+    assert!(r.completed && r.history[0].train_loss.is_finite());
+
+    let mut logits = cfg.clone();
+    logits.image_tap = None;
+    let e = finetune::finetune(&logits, other.path(), false, cache.path(), Device::Cpu)
+        .expect_err("no space in the logits")
+        .to_string();
+    assert!(
+        e.contains("image_readout") && e.contains("--image-tap"),
+        "{e}"
+    );
+}
+
 /// `--recipe auto` on 37 training images: batch 32 (two batches an epoch: 32 and 5),
 /// 6 optimizer steps are 3 epochs, cosine schedule, and the backbone kept is the best
 /// validation epoch's, named in the summary.

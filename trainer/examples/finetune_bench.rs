@@ -15,7 +15,7 @@ use vcl_dataset::algonauts::Hemisphere;
 use vcl_trainer::device::{DeviceChoice, Precision};
 use vcl_trainer::features::backbones::{Arch, Backbone, IMAGENET_CLASSES};
 use vcl_trainer::model::finetune::{
-    self, Adam, AdamConfig, ClDims, ContrastiveHeads, FinetuneConfig, Objective,
+    self, Adam, AdamConfig, ClDims, ContrastiveHeads, FinetuneConfig, ImageShape, Objective,
 };
 
 #[derive(Parser, Debug)]
@@ -89,7 +89,13 @@ fn main() {
         Hemisphere::Left,
         "V1".into(),
     );
-    let heads = ContrastiveHeads::new(&vs.root(), &dims, IMAGENET_CLASSES, &["s".into()], &recipe);
+    let heads = ContrastiveHeads::new(
+        &vs.root(),
+        &dims,
+        ImageShape::vector(IMAGENET_CLASSES),
+        &["s".into()],
+        &recipe,
+    );
     let mut params: Vec<(String, Tensor)> = backbone
         .var_store()
         .variables()

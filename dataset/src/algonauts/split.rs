@@ -25,9 +25,48 @@ pub fn holdout(n: usize, heldout_fraction: f64, seed: u64) -> Split {
     Split { train, heldout }
 }
 
+impl Split {
+    /// The split with only `n` of its training images, a random subset chosen by
+    /// `seed` and nested across sizes (the 200 of a seed are among its 400), the held-out
+    /// part unchanged: what a data-size curve fits on. None keeps every image.
+    pub fn limit_train(self, n: Option<usize>, seed: u64) -> Result<Split, String> {
+        let Some(n) = n else {
+            return Ok(self);
+        };
+        if n == 0 || n > self.train.len() {
+            return Err(format!(
+                "--train-images {n}: there are {} training images after the held-out part",
+                self.train.len()
+            ));
+        }
+        let mut train = self.train;
+        train.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x7261_696e));
+        train.truncate(n);
+        train.sort_unstable();
+        Ok(Split {
+            train,
+            heldout: self.heldout,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limited_training_parts_are_nested_and_keep_the_heldout() {
+        let full = holdout(500, 0.2, 3);
+        let small = full.clone().limit_train(Some(100), 3).unwrap();
+        let large = full.clone().limit_train(Some(300), 3).unwrap();
+        assert_eq!((small.train.len(), large.train.len()), (100, 300));
+        assert!(small.train.iter().all(|i| large.train.contains(i)));
+        assert!(large.train.iter().all(|i| full.train.contains(i)));
+        assert_eq!(small.heldout, full.heldout);
+        assert_eq!(full.clone().limit_train(None, 3).unwrap(), full);
+        let e = full.clone().limit_train(Some(401), 3).unwrap_err();
+        assert!(e.contains("401") && e.contains("400"), "{e}");
+    }
 
     #[test]
     fn split_is_a_deterministic_partition() {

@@ -16,7 +16,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::features::backbones::Backbone;
 use crate::model::finetune::{
     checkpoint, data, image_features, image_width, mi_lower_bound, ClDims, ContrastiveHeads,
-    FinetuneError, Objective,
+    FinetuneError, ImageInput, Objective,
 };
 use crate::report::plots;
 use vcl_dataset::algonauts::split;
@@ -85,7 +85,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> crate::Result<Vec<
     let vars: BTreeMap<String, Tensor> = backbone.var_store().variables().into_iter().collect();
     checkpoint::restore_vars(&loaded.path, "backbone.", &vars, &loaded.tensors)?;
     let frozen_backbone = !loaded.meta.trained.iter().any(|n| !n.starts_with("heads."));
-    let width = image_width(&backbone, cfg.image_tap.as_deref(), cfg.input_size, device)?;
+    let width = image_width(&backbone, ImageInput::of(cfg), cfg.input_size, device)?;
     let voxels: Vec<usize> = subjects.iter().map(|d| d.info.voxels).collect();
     let names: Vec<String> = subjects.iter().map(|d| d.info.subject.clone()).collect();
     let dims = ClDims::paper(&voxels, cfg.h_ratio, cfg.z_ratio, cfg.pooled_z_ratio)?;
@@ -117,7 +117,7 @@ fn run_bound(run: &Path, cache_dir: &Path, device: Device) -> crate::Result<Vec<
                     image_features(
                         &backbone,
                         &px.batch(rows, device)?,
-                        cfg.image_tap.as_deref(),
+                        ImageInput::of(cfg),
                         false,
                     )
                     .map(|f| f.to_kind(Kind::Float))

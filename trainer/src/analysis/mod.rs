@@ -9,6 +9,7 @@
 
 pub mod backbones;
 pub mod compare;
+pub mod curve;
 pub mod landscape;
 pub mod lateralization;
 pub mod mi;
@@ -18,6 +19,7 @@ pub mod saliency;
 pub mod transfer;
 
 pub use backbones::NamedBackbone;
+pub use curve::{curve, CurveConfig, CurvePoint};
 pub use landscape::{landscape, Landscape, LandscapeConfig};
 pub use lateralization::{lateralization, LateralizationConfig, ModelLaterality};
 pub use mi::{mi, MiConfig, MiResult};

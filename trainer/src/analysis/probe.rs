@@ -17,7 +17,7 @@ use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 use super::backbones::NamedBackbone;
 use crate::features::backbones::{Arch, Backbone};
 use crate::model::encoding::error::EncodingError;
-use crate::model::finetune::image_features;
+use crate::model::finetune::{image_features, ImageInput};
 use crate::Result;
 use crate::{features::images, report::plots};
 
@@ -122,7 +122,7 @@ pub fn features(
     for start in (0..n).step_by(batch.max(1) as usize) {
         let len = batch.min(n - start);
         let x = images::normalize(&x_unit.narrow(0, start, len).to_device(device));
-        let f = tch::no_grad(|| image_features(backbone, &x, tap, false))
+        let f = tch::no_grad(|| image_features(backbone, &x, ImageInput::mean(tap), false))
             .map_err(|e| EncodingError::Invalid(e.to_string()))?;
         parts.push(f.to_kind(Kind::Float).to_device(Device::Cpu));
     }

@@ -49,6 +49,14 @@ pub fn evaluate(run: &Path) -> Result<()> {
     Ok(())
 }
 
+pub fn curve(c: &vcl_trainer::analysis::CurveConfig) -> Result<()> {
+    let points = vcl_trainer::analysis::curve(c).context("the data-size curve")?;
+    let md = c.out.join("curve.md");
+    print!("{}", std::fs::read_to_string(&md).unwrap_or_default());
+    tracing::info!(points = points.len(), report = %md.display(), "curve written");
+    Ok(())
+}
+
 pub fn compare(c: &CompareConfig) -> Result<()> {
     let runs = match &c.plan {
         Some(p) => vcl_trainer::plan::Plan::read(p)?.finished_fits()?,

@@ -47,6 +47,9 @@ enum Command {
     Evaluate(EvaluateConfig),
     /// Compare evaluated runs (untuned, regression, cl, pooled) per ROI.
     Compare(CompareConfig),
+    /// Held-out accuracy against the number of training images, from runs fitted with
+    /// --train-images: a table and a line chart per ROI.
+    Curve(vcl_trainer::analysis::CurveConfig),
     /// Export a fit's encoders (backbone + PCA + ridge) as verified ONNX models.
     Export(export::ExportArgs),
     /// Fine-tune a backbone for one ROI: contrastive (the paper's) or regression.
@@ -88,6 +91,7 @@ fn main() -> Result<()> {
         Command::Fit(a) => fit::fit(&a),
         Command::Evaluate(c) => fit::evaluate(&c.run),
         Command::Compare(c) => fit::compare(&c),
+        Command::Curve(c) => fit::curve(&c),
         Command::Transfer(c) => fit::transfer(&c),
         Command::Export(a) => export::export(&a),
         Command::Finetune(a) => finetune::finetune(&a),

@@ -171,7 +171,9 @@ pub fn fit(cfg: &FitConfig, run: &Path, cache_dir: &Path, device: Device) -> Res
     for subject_name in &cfg.subjects {
         let subject = ds.subject(subject_name)?;
         let n = subject.train_images.len();
-        let sp = split::holdout(n, cfg.heldout_fraction, cfg.split_seed);
+        let sp = split::holdout(n, cfg.heldout_fraction, cfg.split_seed)
+            .limit_train(cfg.train_images, cfg.split_seed)
+            .map_err(|e| EncodingError::Invalid(format!("{}: {e}", subject.name)))?;
         if sp.train.len() < cfg.folds {
             return Err(ridge::RidgeError::TooFewRows {
                 rows: sp.train.len(),

@@ -75,6 +75,11 @@ pub struct FitConfig {
     pub heldout_fraction: f64,
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    /// Fit on only this many of the training images (a random subset by --split-seed,
+    /// nested across sizes; the held-out part unchanged): a point of a data-size curve.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_images: Option<usize>,
     /// Conv taps with more values per image are average-pooled to a coarser grid.
     #[arg(long, default_value = "16384")]
     pub max_feature_dim: Option<usize>,

@@ -206,6 +206,11 @@ pub struct FinetuneConfig {
     pub heldout_fraction: f64,
     #[arg(long, default_value_t = 0)]
     pub split_seed: u64,
+    /// Tune on only this many of the training images (validation included; a random
+    /// subset by --split-seed, nested across sizes, as `vcl fit --train-images`).
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_images: Option<usize>,
     /// Fraction of the training part kept aside for validation loss and the MI bound.
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
@@ -244,6 +249,23 @@ pub struct FinetuneConfig {
     #[arg(long, value_name = "TAP")]
     #[serde(default)]
     pub image_tap: Option<String>,
+    /// How the heads read a conv --image-tap: averaged over space (mean), or through a
+    /// learned spatial mask per head unit (spatial: a factorized readout). Beyond the
+    /// paper.
+    #[arg(long, value_enum, default_value = "mean")]
+    #[serde(default)]
+    pub image_readout: ImageReadout,
+}
+
+/// How the heads read a conv tap.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageReadout {
+    /// The tap averaged over space.
+    #[default]
+    Mean,
+    /// A softmax spatial mask and channel weights per head unit.
+    Spatial,
 }
 
 fn default_steps() -> usize {
@@ -402,6 +424,13 @@ impl FinetuneConfig {
         }
         if self.eval_batch_size == 0 {
             return bad("eval_batch_size", "must be at least 1".into());
+        }
+        if self.image_readout == ImageReadout::Spatial && self.image_tap.is_none() {
+            return bad(
+                "image_readout",
+                "spatial reads a conv tap's maps: give --image-tap (the logits have no space)"
+                    .into(),
+            );
         }
         if let Some(tap) = &self.image_tap {
             let valid = self.arch.taps();

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tch::nn::{self, Module, ModuleT};
 use tch::{Kind, Tensor};
 
+use super::readout::{ImageMap, ImageShape};
 use super::{FinetuneConfig, FinetuneError};
 
 /// Sizes of the contrastive model.
@@ -174,7 +175,7 @@ impl ModuleT for Projection {
 /// dropped (only the backbone is kept).
 #[derive(Debug)]
 pub struct ContrastiveHeads {
-    image_map: nn::Linear,
+    image_map: ImageMap,
     fmri_maps: Vec<nn::Linear>,
     g: Projection,
     loss: ClLoss,
@@ -185,17 +186,17 @@ pub struct ContrastiveHeads {
 impl ContrastiveHeads {
     /// Variables under `p`: `image_map.weight`, `fmri_map.<subject>.weight` (in the
     /// order of `subjects`), `g.{0,1,3,4,6}.*` and, if learnable, `log_tau`.
-    /// `image_width`: F, the width of the image features (1000 for the logits). The
-    /// loss and the initialization's seed come from `cfg`.
+    /// `image`: the image features' shape (width 1000 for the logits; a conv map for a
+    /// spatial readout). The loss and the initialization's seed come from `cfg`.
     pub fn new(
         p: &nn::Path,
         dims: &ClDims,
-        image_width: i64,
+        image: ImageShape,
         subjects: &[String],
         cfg: &FinetuneConfig,
     ) -> Self {
         let (loss, seed) = (ClLoss::of(cfg), cfg.seed);
-        let image_map = linear(&(p / "image_map"), image_width, dims.h, false, seed);
+        let image_map = ImageMap::new(&(p / "image_map"), image, dims.h, false, seed);
         let fmri_maps = subjects
             .iter()
             .zip(&dims.voxels)

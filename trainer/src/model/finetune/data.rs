@@ -133,7 +133,9 @@ pub(crate) fn load(cfg: &FinetuneConfig) -> Result<Vec<SubjectData>, FinetuneErr
         };
         let fmri_all = subject.fmri(cfg.hemisphere)?;
         let n = subject.train_images.len();
-        let sp = split::holdout(n, cfg.heldout_fraction, cfg.split_seed);
+        let sp = split::holdout(n, cfg.heldout_fraction, cfg.split_seed)
+            .limit_train(cfg.train_images, cfg.split_seed)
+            .map_err(|e| FinetuneError::Config(format!("{}: {e}", subject.name)))?;
         let (train, val) = validation_split(&sp.train, cfg.val_fraction, cfg.split_seed);
         if train.len() < 2 {
             return Err(FinetuneError::Config(format!(

@@ -24,6 +24,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod contrastive;
 pub mod data;
+pub mod readout;
 pub mod regression;
 mod run_dir;
 mod train;
@@ -35,13 +36,15 @@ use serde::{Deserialize, Serialize};
 pub use adam::{Adam, AdamConfig};
 pub use alloc::{tune_allocator, AllocatorTuning};
 pub use config::{
-    auto_batch, default_config, FinetuneConfig, LrSchedule, Objective, Recipe, Selection,
+    auto_batch, default_config, FinetuneConfig, ImageReadout, LrSchedule, Objective, Recipe,
+    Selection,
 };
 pub use contrastive::{info_nce, mi_lower_bound, similarity, ClDims, ClLoss, ContrastiveHeads};
 pub use data::SubjectInfo;
+pub use readout::{ImageMap, ImageShape};
 pub use regression::RegressionHeads;
 pub use train::{finetune, finetune_with, Hooks, RunOptions};
-pub(crate) use train::{image_features, image_width};
+pub(crate) use train::{image_features, image_width, ImageInput};
 
 use crate::features::backbones::BackboneError;
 use crate::report::plots::PlotError;

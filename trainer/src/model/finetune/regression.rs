@@ -5,20 +5,20 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::contrastive::linear;
+use super::readout::{ImageMap, ImageShape};
 
 #[derive(Debug)]
 pub struct RegressionHeads {
-    maps: Vec<nn::Linear>,
+    maps: Vec<ImageMap>,
 }
 
 impl RegressionHeads {
     /// Variables `regression.<subject>.{weight,bias}` under `p`, one per subject with
     /// its voxel count, PyTorch's default initialization drawn from `seed`.
-    /// `image_width`: F, the width of the image features (1000 for the logits).
+    /// `image`: the image features' shape (width 1000 for the logits).
     pub fn new(
         p: &nn::Path,
-        image_width: i64,
+        image: ImageShape,
         subjects: &[String],
         voxels: &[i64],
         seed: u64,
@@ -26,7 +26,7 @@ impl RegressionHeads {
         let maps = subjects
             .iter()
             .zip(voxels)
-            .map(|(s, &v)| linear(&(p / "regression" / s.as_str()), image_width, v, true, seed))
+            .map(|(s, &v)| ImageMap::new(&(p / "regression" / s.as_str()), image, v, true, seed))
             .collect();
         RegressionHeads { maps }
     }

@@ -35,7 +35,7 @@ use crate::device::Precision;
 use crate::features::backbones::Backbone;
 use freeze::{freeze, trained_variables};
 pub(crate) use step::StepRecord;
-pub(crate) use validate::{image_features, image_width};
+pub(crate) use validate::{image_features, image_width, ImageInput};
 
 /// Pooled runs keep every subject's decoded pixels in memory up to this size; above
 /// it, a subject's pixels are loaded for its turn and dropped after.
@@ -172,12 +172,7 @@ pub fn finetune_with(
     let backbone = Backbone::load(cfg.arch, &cfg.weights(), opts.device)?;
     let frozen = freeze(&backbone, &cfg.freeze)?;
     let image = cfg.image_tap.as_deref().unwrap_or("logits");
-    let width = image_width(
-        &backbone,
-        cfg.image_tap.as_deref(),
-        cfg.input_size,
-        opts.device,
-    )?;
+    let width = image_width(&backbone, ImageInput::of(cfg), cfg.input_size, opts.device)?;
     let heads_vs = nn::VarStore::new(opts.device);
     let (heads, dims) = match cfg.method {
         Objective::Cl => {
@@ -234,7 +229,7 @@ pub fn finetune_with(
         resident_pixels: names.len() == 1 || pixel_bytes <= PIXEL_BUDGET_BYTES,
         backbone_learns,
     };
-    tracing::info!(method = %cfg.method, subjects = ?names, roi = %cfg.roi, hemisphere = %cfg.hemisphere, arch = %cfg.arch, input_size = cfg.input_size, image = %image, image_width = width, trained = t.adam.len(), frozen = frozen.len(), dims = ?dims, device = ?opts.device, "fine-tuning");
+    tracing::info!(method = %cfg.method, subjects = ?names, roi = %cfg.roi, hemisphere = %cfg.hemisphere, arch = %cfg.arch, input_size = cfg.input_size, image = %image, image_width = width.width, spatial = width.spatial_channels.is_some(), trained = t.adam.len(), frozen = frozen.len(), dims = ?dims, device = ?opts.device, "fine-tuning");
 
     // Resume, or refuse to overwrite a run that has checkpoints.
     let mut history: Vec<EpochRecord> = Vec::new();

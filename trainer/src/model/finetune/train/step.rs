@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
-use super::validate::image_features;
+use super::validate::{image_features, ImageInput};
 use super::{Trainer, SCALE_GROWTH_INTERVAL};
 use crate::features::images;
 use crate::model::finetune::data::derive_seed;
@@ -272,7 +272,7 @@ impl Trainer<'_> {
         poison: bool,
     ) -> Result<Tensor, FinetuneError> {
         let b = x.size()[0];
-        let tap = self.cfg.image_tap.as_deref();
+        let tap = ImageInput::of(self.cfg);
         // A backbone with nothing to train runs as at inference (running batch-norm
         // statistics, no dropout): heads on a frozen backbone read the features a fit
         // of that backbone reads, and the backbone stays exactly the one loaded.

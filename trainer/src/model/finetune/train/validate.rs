@@ -8,19 +8,45 @@ use tch::{Device, Kind, Tensor};
 use super::{Heads, Trainer};
 use crate::features::backbones::{Backbone, IMAGENET_CLASSES};
 use crate::model::finetune::contrastive::{info_nce, mi_lower_bound};
-use crate::model::finetune::FinetuneError;
+use crate::model::finetune::{FinetuneConfig, FinetuneError, ImageReadout, ImageShape};
+
+/// What the heads read: the logits (`tap` None, the paper) or a tap, averaged over
+/// space or kept whole for a spatial readout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ImageInput<'a> {
+    pub tap: Option<&'a str>,
+    pub spatial: bool,
+}
+
+impl<'a> ImageInput<'a> {
+    pub fn of(cfg: &'a FinetuneConfig) -> Self {
+        ImageInput {
+            tap: cfg.image_tap.as_deref(),
+            spatial: cfg.image_readout == ImageReadout::Spatial,
+        }
+    }
+
+    /// A tap averaged over space (or the logits): the probe's features.
+    pub fn mean(tap: Option<&'a str>) -> Self {
+        ImageInput {
+            tap,
+            spatial: false,
+        }
+    }
+}
 
 /// What the heads read of ImageNet-normalized images x [B, 3, S, S]: the logits (the
-/// paper), or the output of `tap` with conv maps [B, C, H, W] averaged over space to
-/// [B, C], so that the heads' width does not depend on the input size. The one place
-/// every pass (training, GradCache, validation) gets its features, so that they agree.
+/// paper), or the output of the tap with conv maps [B, C, H, W] averaged over space to
+/// [B, C], so that the heads' width does not depend on the input size, or flattened
+/// whole to [B, C*H*W] for a spatial readout. The one place every pass (training,
+/// GradCache, validation) gets its features, so that they agree.
 pub(crate) fn image_features(
     backbone: &Backbone,
     x: &Tensor,
-    tap: Option<&str>,
+    input: ImageInput,
     train: bool,
 ) -> Result<Tensor, FinetuneError> {
-    let Some(tap) = tap else {
+    let Some(tap) = input.tap else {
         return Ok(backbone.logits(x, train));
     };
     let out = backbone
@@ -28,32 +54,49 @@ pub(crate) fn image_features(
         .pop()
         .ok_or_else(|| FinetuneError::Config(format!("image_tap: {tap} gave no output")))?;
     Ok(match out.dim() {
+        4 if input.spatial => out.flatten(1, -1),
         4 => out.mean_dim([2i64, 3].as_slice(), false, None),
+        2 if input.spatial => {
+            return Err(FinetuneError::Config(format!(
+                "image_readout spatial: tap {tap} gives a vector per image; choose a conv tap"
+            )))
+        }
         2 => out,
         _ => out.flatten(1, -1),
     })
 }
 
-/// F, the width of [`image_features`]: the heads' input. A tap's width is read off one
-/// blank image in evaluation mode, which leaves batch-norm statistics untouched.
+/// The shape of [`image_features`]: the heads' input. A tap's is read off one blank
+/// image in evaluation mode, which leaves batch-norm statistics untouched.
 pub(crate) fn image_width(
     backbone: &Backbone,
-    tap: Option<&str>,
+    input: ImageInput,
     input_size: u32,
     device: Device,
-) -> Result<i64, FinetuneError> {
-    if tap.is_none() {
-        return Ok(IMAGENET_CLASSES);
-    }
+) -> Result<ImageShape, FinetuneError> {
+    let Some(tap) = input.tap else {
+        return Ok(ImageShape {
+            width: IMAGENET_CLASSES,
+            spatial_channels: None,
+        });
+    };
     let s = i64::from(input_size);
     let x = Tensor::zeros([1, 3, s, s], (Kind::Float, device));
-    let f = tch::no_grad(|| image_features(backbone, &x, tap, false))?;
-    f.size().get(1).copied().ok_or_else(|| {
-        FinetuneError::Config(format!(
-            "image_tap: {} gave features of shape {:?}",
-            tap.unwrap_or("logits"),
-            f.size()
-        ))
+    let bad = |shape: Vec<i64>| {
+        FinetuneError::Config(format!("image_tap: {tap} gave features of shape {shape:?}"))
+    };
+    let f = tch::no_grad(|| image_features(backbone, &x, input, false))?;
+    let width = f.size().get(1).copied().ok_or_else(|| bad(f.size()))?;
+    let spatial_channels = if input.spatial {
+        let out = tch::no_grad(|| backbone.taps(&x, &[tap], false))?;
+        let shape = out.first().map(|o| o.size()).unwrap_or_default();
+        Some(*shape.get(1).ok_or_else(|| bad(shape.clone()))?)
+    } else {
+        None
+    };
+    Ok(ImageShape {
+        width,
+        spatial_channels,
     })
 }
 
@@ -68,7 +111,7 @@ impl Trainer<'_> {
         let cfg = self.cfg;
         let device = self.opts.device;
         let precision = self.precision;
-        let tap = cfg.image_tap.as_deref();
+        let tap = ImageInput::of(cfg);
         let (mut losses, mut mis) = (Vec::new(), Vec::new());
         for si in 0..self.data.len() {
             if self.data[si].val.is_empty() {
