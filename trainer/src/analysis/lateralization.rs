@@ -166,13 +166,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// ((fitted x, true x), (fitted y, true y)) of one voxel.
+type CentrePair = ((f64, f64), (f64, f64));
+
 /// An fwRF encoder's fields summarized, its per-voxel table written under `out`, and
 /// the (fitted, true) centre pairs for the run's scatter plot.
 fn field_summary(
     out: &Path,
     meta: &store::EncoderMeta,
     truth: Option<&[Option<vcl_dataset::synth::Prf>]>,
-    pairs: &mut Vec<((f64, f64), (f64, f64))>,
+    pairs: &mut Vec<CentrePair>,
 ) -> Result<Option<FieldSummary>> {
     let Some(layout) = &meta.fields else {
         return Ok(None);

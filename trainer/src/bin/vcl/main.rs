@@ -41,7 +41,7 @@ struct Cli {
 enum Command {
     #[command(flatten)]
     Data(DataCommand),
-    /// Fit voxel encoders (tap features -> PCA -> ridge) inside the training split.
+    /// Fit voxel encoders (tap features -> PCA -> ridge, or fwRF) inside the training split.
     Fit(fit::FitArgs),
     /// Score a fit's encoders once on the held-out split; write tables and plots.
     Evaluate(EvaluateConfig),

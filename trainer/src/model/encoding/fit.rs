@@ -537,7 +537,7 @@ impl SubjectFit<'_> {
         let mut tap_scores: Vec<Vec<(String, f32)>> = vec![Vec::new(); rois.len()];
         let mut best: Vec<Option<Best>> = (0..rois.len()).map(|_| None).collect();
         for (ti, tap) in taps.iter().enumerate() {
-            let fit = ridge::ridge_cv(&projected[tap].z, &y, &ridge_cfg, device)?;
+            let fit = ridge::ridge_cv(&projected[tap].z, y, &ridge_cfg, device)?;
             for (ri, (verts, c)) in roi_vertices.iter().zip(cols).enumerate() {
                 let score = roi_score(&fit.cv_scores, c, cfg.alpha_mode);
                 tap_scores[ri].push((tap.clone(), score));
