@@ -223,6 +223,83 @@ fn serves_an_exported_repository_to_python_and_tritonclient() {
     drop(server);
 }
 
+/// Posts a .npy batch to an fwRF model and compares the answer with libtorch's.
+const FWRF_CLIENT: &str = r#"
+import io, json, sys, urllib.request
+import numpy as np
+url, model, x_path, want_path = sys.argv[1:5]
+meta = json.loads(urllib.request.urlopen(url + f"/v1/models/{model}").read())
+assert all(r["encoder"] == "fwrf" and r["pca_components"] == 0 for r in meta["manifest"]["rois"]), meta
+buf = io.BytesIO(); np.save(buf, np.load(x_path))
+req = urllib.request.Request(url + f"/v1/models/{model}/predict", data=buf.getvalue(),
+    headers={"content-type": "application/x-npy", "accept": "application/x-npy"})
+y = np.load(io.BytesIO(urllib.request.urlopen(req).read()))
+want = np.load(want_path)
+rel = np.abs(y - want).max() / max(np.sqrt((want ** 2).mean()), 1e-12)
+assert y.shape == want.shape and rel < 1e-4, (y.shape, want.shape, rel)
+print("ok: fwrf served, max rel diff", rel)
+"#;
+
+/// An fwRF fit's export serves as PCA + ridge models do: the manifest says `fwrf`, and
+/// the server's voxels are libtorch's for the same images.
+#[test]
+fn serves_an_fwrf_export_as_libtorch_predicts_it() {
+    use vcl_trainer::export::contract::manifest::Encoder;
+    use vcl_trainer::export::{heldout_images, load_run, predict_libtorch};
+    let dir = tempfile::tempdir().unwrap();
+    let (_data_dir, data) = vcl_tests::tiny_dataset(11, 1);
+    let run = dir.path().join("run");
+    let cfg = FitConfig {
+        hemispheres: vec![vcl_dataset::algonauts::Hemisphere::Left],
+        rois: vec!["V1".into(), "floc-faces".into()],
+        taps: vec!["features.6".into()],
+        encoder: Encoder::Fwrf,
+        fwrf_positions: 6,
+        ..vcl_tests::fit_config(&data)
+    };
+    encoding::fit(&cfg, &run, &dir.path().join("cache"), Device::Cpu).expect("fwrf fit");
+    let repo = dir.path().join("exports");
+    export(&run, &repo, &ExportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let contents = load_run(&run, false).unwrap();
+    let subject = vcl_dataset::algonauts::Dataset::open(&data)
+        .unwrap()
+        .subject("subj01")
+        .unwrap();
+    let (_, x) = heldout_images(&contents.record.config, &subject, 4).unwrap();
+    let want = predict_libtorch(&contents.backbone, &contents.bundles[0].set, &x).unwrap();
+    let (xp, wp) = (dir.path().join("x.npy"), dir.path().join("want.npy"));
+    let to_vec = |t: &vcl_trainer::model::ridge::Tensor| {
+        Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap()
+    };
+    let xs: Vec<usize> = x.size().iter().map(|&d| d as usize).collect();
+    let x4 = ndarray::Array4::from_shape_vec((xs[0], xs[1], xs[2], xs[3]), to_vec(&x)).unwrap();
+    vcl_dataset::npy::write(&xp, &x4).unwrap();
+    let ws: Vec<usize> = want.voxels.size().iter().map(|&d| d as usize).collect();
+    let w2 = ndarray::Array2::from_shape_vec((ws[0], ws[1]), to_vec(&want.voxels)).unwrap();
+    vcl_dataset::npy::write(&wp, &w2).unwrap();
+
+    let mut cfg = Config::defaults();
+    cfg.model_repository = repo;
+    cfg.device = DeviceChoice::Cpu;
+    cfg.intra_threads = 2;
+    let rt = repository::runtime(&cfg).unwrap();
+    let live = Live::load(&cfg, repository::ort_opener(&cfg, rt).unwrap()).unwrap();
+    for _ in 0..500 {
+        if live.snapshot().all_ready() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let state = AppState::new(Arc::new(live), Arc::new(cfg), Arc::new(String::new));
+    let (addr, server) = start_background(state, "127.0.0.1", 0).unwrap();
+    let url = PathBuf::from(format!("http://{addr}"));
+    let model = Path::new("subj01-lh-untuned-mobilenet_v2");
+    let out = run_python(FWRF_CLIENT, &[&url, model, &xp, &wp]);
+    eprintln!("{out}");
+    assert!(out.contains("ok:"), "{out}");
+    drop(server);
+}
+
 /// Drives a running `vcl-serve` (pid, url): a SIGHUP reload under load, then a SIGTERM
 /// while a long request is in flight.
 const SIGNALS: &str = r#"
