@@ -24,4 +24,4 @@ pub use landscape::{landscape, Landscape, LandscapeConfig};
 pub use lateralization::{lateralization, LateralizationConfig, ModelLaterality};
 pub use mi::{mi, MiConfig, MiResult};
 pub use probe::{probe, ProbeConfig, ProbeResult, ProbeSet};
-pub use roi_model::{FitModels, RoiEncoder};
+pub use roi_model::{Features, FitModels, RoiEncoder};

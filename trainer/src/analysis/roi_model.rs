@@ -17,12 +17,19 @@ use crate::model::fwrf;
 use crate::Result;
 use vcl_dataset::algonauts::Hemisphere;
 
-/// One ROI encoder with its PCA (empty for fwRF) or its fields' matrix.
+/// What an ROI encoder reads off the pooled, flattened tap.
+pub enum Features {
+    /// PCA + ridge: the tap's PCA.
+    Pca(StoredPca),
+    /// fwRF: [H*W, V] the voxels' fields on the tap's pooled map, which holds `dim`
+    /// values per image.
+    Fields { matrix: Tensor, dim: i64 },
+}
+
+/// One ROI encoder with what it reads.
 pub struct RoiEncoder {
     pub meta: EncoderMeta,
-    pub pca: StoredPca,
-    /// fwRF: [H*W, V] the voxels' fields on the tap's pooled map.
-    pub field: Option<Tensor>,
+    pub features: Features,
     /// [k, V]
     pub coef: Tensor,
     /// [V]
@@ -84,25 +91,21 @@ impl FitModels {
                 )
                 .into());
             }
-            let (pca, field) = match &m.fields {
-                Some(layout) => (
-                    StoredPca {
-                        mean: Tensor::zeros(
-                            [layout.map.iter().product::<i64>()],
-                            (Kind::Float, device),
-                        ),
-                        components: Tensor::zeros([0, 0], (Kind::Float, device)),
-                    },
-                    Some(layout.matrix(device)),
-                ),
-                None => (store::load_pca(run, &m.pca_file)?, None),
+            let features = match &m.fields {
+                Some(layout) => Features::Fields {
+                    matrix: layout.matrix(device),
+                    dim: layout.map.iter().product(),
+                },
+                None => {
+                    let pca = store::load_pca(run, &m.pca_file)?;
+                    Features::Pca(StoredPca {
+                        mean: pca.mean.to_device(device),
+                        components: pca.components.to_device(device),
+                    })
+                }
             };
             encoders.push(RoiEncoder {
-                pca: StoredPca {
-                    mean: pca.mean.to_device(device),
-                    components: pca.components.to_device(device),
-                },
-                field,
+                features,
                 coef: e.coef.to_device(device),
                 intercept: e.intercept.to_device(device),
                 meta: e.meta,
@@ -136,25 +139,25 @@ impl FitModels {
             Pooling::AdaptiveAvg { grid } => out.adaptive_avg_pool2d([grid, grid]),
         };
         let flat = pooled.flatten(1, -1);
-        if flat.size()[1] != e.pca.mean.size()[0] {
+        let expected = match &e.features {
+            Features::Pca(pca) => pca.mean.size()[0],
+            Features::Fields { dim, .. } => *dim,
+        };
+        if flat.size()[1] != expected {
             return Err(EncodingError::Invalid(format!(
-                "{}: the encoder expects {} features, tap {} gives {} at {} px",
+                "{}: the encoder expects {expected} features, tap {} gives {} at {} px",
                 e.label(),
-                e.pca.mean.size()[0],
                 e.meta.tap,
                 flat.size()[1],
                 x_unit.size().last().copied().unwrap_or(0)
             ))
             .into());
         }
-        let y = match &e.field {
-            Some(field) => fwrf::predict(&flat, field, &e.coef, &e.intercept),
-            None => {
-                (flat - &e.pca.mean)
-                    .matmul(&e.pca.components)
-                    .matmul(&e.coef)
-                    + &e.intercept
+        let y = match &e.features {
+            Features::Pca(pca) => {
+                (flat - &pca.mean).matmul(&pca.components).matmul(&e.coef) + &e.intercept
             }
+            Features::Fields { matrix, .. } => fwrf::predict(&flat, matrix, &e.coef, &e.intercept),
         };
         Ok((y.mean_dim(1, false, Kind::Float), outs.next()))
     }
