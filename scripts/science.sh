@@ -28,6 +28,8 @@
 # With --curve (or SCIENCE_CURVE=1) it also tunes and fits every method on nested subsets
 # of each subject's training images (SCIENCE_CURVE_SIZES, default "200 400"; the full
 # training part is the main table's point) and writes the data-size curve (`vcl curve`).
+# SCIENCE_SEED (default 0) chooses the generator seed of the brain: seed N > 0 synthesizes
+# its own data/demo-seedN and writes runs/science-seedN, so two seeds' runs never mix.
 #
 #   scripts/science.sh                 (about 35 min on 2 cores; +15 min with recipes)
 #   scripts/science.sh --curve         (about 45 min more, with regression)
@@ -37,15 +39,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ "${1:-}" != --curve ]] || SCIENCE_CURVE=1
 source scripts/env.sh
-DATA="${SCIENCE_DATA:-data/demo}"
-OUT="${SCIENCE_OUT:-runs/science}"
+SEED="${SCIENCE_SEED:-0}"
+SUFFIX=""; [[ "$SEED" == 0 ]] || SUFFIX="-seed$SEED"
+DATA="${SCIENCE_DATA:-data/demo$SUFFIX}"
+OUT="${SCIENCE_OUT:-runs/science$SUFFIX}"
 SIZE="${SCIENCE_SIZE:-128}"
 ROI="V1v+V1d"
 FIT_ROIS="V1v+V1d,early"
 SUBJECTS="${SCIENCE_SUBJECTS:-1 2}"
 cargo build --release --quiet -p vcl-trainer --bin vcl
 VCL=target/release/vcl
-[[ -f "$DATA/in_silico.json" ]] || $VCL synth --preset demo --out "$DATA" --seed 0
+[[ -f "$DATA/in_silico.json" ]] || $VCL synth --preset demo --out "$DATA" --seed "$SEED"
+# A brain of another seed under the same path would mix two brains' runs in one table.
+have_seed="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["seed"])' "$DATA/in_silico.json")"
+[[ "$have_seed" == "$SEED" ]] || {
+  echo "science: $DATA/in_silico.json is seed $have_seed, not SCIENCE_SEED=$SEED" >&2; exit 1; }
 mkdir -p "$OUT"
 log() { echo "science: $*" >&2; }
 
