@@ -13,10 +13,14 @@ DEMO_DATA ?= data/demo
 DEMO_SEED ?= 0
 VCL := target/release/vcl
 
-.PHONY: setup browser tools deploy-tools image build demo test fmt clippy fuzz
+.PHONY: setup photos browser tools deploy-tools image build demo test fmt clippy fuzz
 
 setup:
 	@scripts/setup.sh
+
+# The wide photo set (40 photos, .cache/photos-wide) for `vcl synth --photos`.
+photos: setup
+	@scripts/setup_photos.sh
 
 browser:
 	@scripts/setup_browser.sh
@@ -95,7 +99,7 @@ FUZZ_SECONDS ?= 20
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
-test: setup browser tools deploy-tools fmt clippy
+test: setup photos browser tools deploy-tools fmt clippy
 	cargo build --workspace --bins
 	cargo test --workspace
 	$(MAKE) --no-print-directory fuzz

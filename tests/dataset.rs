@@ -249,3 +249,89 @@ fn label_zero_named_unknown_is_not_an_roi() {
     assert!(e.contains("unknown ROI 'Unknown'"), "{e}");
     assert!(atlas.counts().iter().all(|c| c.roi != "Unknown"));
 }
+
+/// The wide photo set of `scripts/setup_photos.sh` is exactly the files its list pins
+/// (scikit-image's photos plus `scripts/photos_wide.tsv`), every one a usable photo,
+/// and a brain synthesized from it records all of them.
+#[test]
+fn the_wide_photo_set_is_what_its_list_pins() {
+    use std::collections::BTreeMap;
+    use vcl_dataset::paths;
+    use vcl_dataset::synth::{self, stimuli::PhotoSet};
+
+    let dir = paths::wide_photos_dir();
+    assert!(
+        dir.is_dir(),
+        "{} is missing: scripts/setup_photos.sh (make photos) builds it",
+        dir.display()
+    );
+    let wide = PhotoSet::load(&dir).unwrap();
+    assert!(
+        wide.skipped.is_empty(),
+        "not usable photos: {:?}",
+        wide.skipped
+    );
+
+    let base = PhotoSet::load(&paths::photos_dir()).unwrap();
+    let mut want: BTreeMap<String, String> = base
+        .names
+        .iter()
+        .cloned()
+        .zip(base.sha256.iter().cloned())
+        .collect();
+    let list_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/photos_wide.tsv");
+    let list = std::fs::read_to_string(&list_path).unwrap();
+    for line in list
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields.len(), 6, "{}: {line}", list_path.display());
+        assert!(
+            fields[4..].iter().all(|f| !f.trim().is_empty()),
+            "every photo names its licence and author: {line}"
+        );
+        assert!(
+            want.insert(fields[0].to_string(), fields[3].to_string())
+                .is_none(),
+            "{} is listed twice",
+            fields[0]
+        );
+    }
+    let got: BTreeMap<String, String> = wide
+        .names
+        .iter()
+        .cloned()
+        .zip(wide.sha256.iter().cloned())
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        wide.photos.len() >= 2 * base.photos.len(),
+        "{} photos",
+        wide.photos.len()
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    synth::synthesize(&synth::SynthConfig {
+        preset: synth::Preset::Tiny,
+        out: out.path().join("data"),
+        seed: 0,
+        subjects: Some(1),
+        photos_dir: dir.clone(),
+    })
+    .unwrap();
+    let desc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("data/in_silico.json")).unwrap(),
+    )
+    .unwrap();
+    let recorded: Vec<&str> = desc["stimuli"]["photos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(
+        recorded,
+        wide.names.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+}

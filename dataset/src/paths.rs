@@ -28,6 +28,12 @@ pub fn photos_dir() -> PathBuf {
         .unwrap_or_else(|| cache_dir().join("photos"))
 }
 
+/// The wide photo set (`scripts/setup_photos.sh`): the photos above plus 25 from
+/// scikit-learn and Debian's wallpaper packages, for `vcl synth --photos`.
+pub fn wide_photos_dir() -> PathBuf {
+    cache_dir().join("photos-wide")
+}
+
 /// scikit-image's lfw_subset.npy (100 faces, 100 non-faces) for `vcl probe`.
 pub fn lfw_subset() -> PathBuf {
     std::env::var_os("VCL_LFW_SUBSET")
