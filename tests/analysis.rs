@@ -506,3 +506,61 @@ fn report_gathers_a_pipeline_and_every_image_loads_in_chromium() {
         "not every image loaded: <body{body}>"
     );
 }
+
+/// `--train-images` fits on a nested subset of the training part (the held-out images
+/// unchanged), and `vcl curve` makes one point per method and size from the evaluated
+/// runs: the mean over subjects of each ROI's held-out mean r, as tables and a plot.
+#[test]
+fn the_data_size_curve_reads_fits_on_nested_training_subsets() {
+    use vcl_dataset::algonauts::split::Split;
+    use vcl_trainer::analysis::{curve, CurveConfig};
+    let (_guard, data) = vcl_tests::tiny_dataset(0, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (small, full) = (dir.path().join("small"), dir.path().join("full"));
+    let base = untuned_fit(data);
+    let limited = FitConfig {
+        train_images: Some(20),
+        ..base.clone()
+    };
+    encoding::fit(&limited, &small, &cache, Device::Cpu).expect("fit on 20 images");
+    encoding::fit(&base, &full, &cache, Device::Cpu).expect("fit on all");
+    let split = |run: &std::path::Path| -> Split {
+        let text = std::fs::read_to_string(run.join("splits/subj01.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let (s, f) = (split(&small), split(&full));
+    assert_eq!(s.train.len(), 20);
+    assert!(f.train.len() > 20, "{} training images", f.train.len());
+    assert!(
+        s.train.iter().all(|i| f.train.contains(i)),
+        "a subset of the training part"
+    );
+    assert_eq!(s.heldout, f.heldout, "the same held-out images");
+
+    // Unevaluated runs are refused, naming the missing file.
+    let cfg = CurveConfig {
+        runs: vec![small.clone(), full.clone()],
+        out: dir.path().join("curve"),
+    };
+    let e = curve(&cfg).unwrap_err().to_string();
+    assert!(e.contains("results.json"), "{e}");
+
+    let ev_small = encoding::evaluate(&small, &cache, Device::Cpu).unwrap();
+    let ev_full = encoding::evaluate(&full, &cache, Device::Cpu).unwrap();
+    let points = curve(&cfg).unwrap();
+    assert_eq!(points.len(), 2, "{points:?}");
+    for (ev, n) in [(&ev_small, 20), (&ev_full, f.train.len())] {
+        let p = points.iter().find(|p| p.train_images == n).unwrap();
+        assert_eq!(
+            (p.method.as_str(), p.roi.as_str(), p.subjects),
+            ("untuned", "V1", 1)
+        );
+        assert!((p.mean_r - ev.results[0].scores.mean_r as f64).abs() < 1e-6);
+    }
+    for file in ["curve.md", "curve.csv", "curve.json", "curve_lh_V1.png"] {
+        assert!(cfg.out.join(file).is_file(), "{file} missing");
+    }
+    // More training images fit a better encoder, even on tiny's 36.
+    assert!(points[1].mean_r > points[0].mean_r, "{points:?}");
+}
