@@ -19,7 +19,7 @@ setup:
 	@scripts/setup.sh
 
 # The wide photo set (40 photos, .cache/photos-wide) for `vcl synth --photos`.
-photos: setup
+photos:
 	@scripts/setup_photos.sh
 
 browser:

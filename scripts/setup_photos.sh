@@ -8,7 +8,7 @@
 #   vcl synth --preset demo --photos .cache/photos-wide --out data/demo-wide
 # `apt-get download` needs no root; a machine without package lists (a fresh container)
 # needs one `apt-get update`, which this runs when it is root. About 140 MB is
-# downloaded into a temporary folder and removed; the set itself is 20 MB.
+# downloaded into a temporary folder and removed; the set itself is 18 MB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -25,15 +25,18 @@ PART="$OUT.partial"
 rm -rf "$PART" && mkdir -p "$PART"
 cp .cache/photos/* "$PART/"
 
-fetch_deb() {  # fetch_deb <package=version>: the .deb's path in $TMP
-  local spec="$1" deb
+download() {  # download <package=version> into $TMP
   # A Debian point release can replace the pinned version; the photos rarely change
   # with it, and their SHA-256 (checked below) decides, so the current one is tried too.
-  if ! (cd "$TMP" && { apt-get download -qq "$spec" || apt-get download -qq "${spec%%=*}"; } >/dev/null 2>&1); then
+  (cd "$TMP" && { apt-get download -qq "$1" || apt-get download -qq "${1%%=*}"; } >/dev/null)
+}
+
+fetch_deb() {  # fetch_deb <package=version>: the .deb's path in $TMP
+  local spec="$1" deb
+  if ! download "$spec" 2>/dev/null; then
     if [[ "$(id -u)" == 0 ]]; then
       apt-get update -qq >/dev/null
-      (cd "$TMP" && { apt-get download -qq "$spec" || apt-get download -qq "${spec%%=*}"; } >/dev/null) \
-        || { echo "setup_photos: apt-get download $spec failed" >&2; exit 1; }
+      download "$spec" || { echo "setup_photos: apt-get download $spec failed" >&2; exit 1; }
     else
       echo "setup_photos: apt-get download $spec failed (no package lists? sudo apt-get update)" >&2
       exit 1
